@@ -1,0 +1,56 @@
+# nodemeter — `make help` lists the targets.
+# Every target installs what it needs first (venv, Python deps); the Kafka jars are
+# resolved from Maven Central on first use of the local broker.
+
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+$(STAMP): pyproject.toml
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  echo "[setup] java 17+ and maven are needed for the local Kafka broker; installing"; \
+	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "[setup] installing nodemeter with worker, gpu and dev extras into $(VENV)"
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e ".[worker,gpu,dev]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+.PHONY: help setup demo test test-fast check fmt kafka-up kafka-down bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install everything (idempotent)
+
+demo: $(STAMP) ## the main job: run the demo pipeline on the embedded defaults
+	$(BIN)/nodemeter smoke
+
+test: $(STAMP) ## the whole test suite, fault tests included
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## quick loop: everything but the slow integration and fault tests
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+check: $(STAMP) ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(STAMP) ## apply ruff formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+kafka-up: $(STAMP) ## start the local Kafka broker (KRaft) on 127.0.0.1:19092
+	$(BIN)/nodemeter dev kafka up
+
+kafka-down: $(STAMP) ## stop the local Kafka broker
+	$(BIN)/nodemeter dev kafka down
+
+clean: ## stop the local broker, delete local data (.nodemeter) and the venv
+	-$(BIN)/nodemeter dev kafka down
+	rm -rf .nodemeter $(VENV)

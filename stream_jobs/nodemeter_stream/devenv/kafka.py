@@ -1,0 +1,415 @@
+"""A real single-node Apache Kafka broker (KRaft) on loopback, without Docker.
+
+The broker's jars are resolved from Maven Central through the checked-in
+``kafka-pom.xml`` into a cache directory; storage is formatted once; the broker
+runs as a background ``java kafka.Kafka`` process whose pid, logs and data live
+under one directory. Standard library only, so the SDK can use it in tests.
+
+    up()     resolve jars (cached), format storage (once), start, wait until it
+             answers the Kafka protocol (ApiVersions), print where the logs are.
+             Harmless when already running; a port held by another process is a
+             clear error.
+    down()   SIGTERM (controlled shutdown), SIGKILL after a grace period.
+    status() running or not, pid, bootstrap address, log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodemeter.errors import NodemeterError
+
+KAFKA_VERSION = "4.4.0"
+_POM = Path(__file__).with_name("kafka-pom.xml")
+
+
+class KafkaDevError(NodemeterError):
+    """The local development broker could not be resolved, started or stopped."""
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("NODEMETER_HOME", Path.cwd() / ".nodemeter"))
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return Path(base) / "nodemeter" / f"kafka-{KAFKA_VERSION}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaDevConfig:
+    """Where the broker listens and keeps its files. Validated when built."""
+
+    host: str = "127.0.0.1"
+    port: int = 19092
+    controller_port: int = 19093
+    home: Path = field(default_factory=lambda: _default_home() / "kafka")
+    cache_dir: Path = field(default_factory=_default_cache)
+    heap: str = "768m"
+    start_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("port", "controller_port"):
+            value = getattr(self, name)
+            if not 0 < value < 65536:
+                raise KafkaDevError(f"{name} must be a TCP port (1-65535), got {value}")
+        if self.port == self.controller_port:
+            raise KafkaDevError("port and controller_port must differ")
+
+    @classmethod
+    def from_env(cls) -> KafkaDevConfig:
+        """Build from ``NODEMETER_KAFKA_PORT``, ``..._CONTROLLER_PORT``, ``..._DIR``."""
+        kwargs: dict[str, object] = {}
+        if "NODEMETER_KAFKA_PORT" in os.environ:
+            kwargs["port"] = int(os.environ["NODEMETER_KAFKA_PORT"])
+        if "NODEMETER_KAFKA_CONTROLLER_PORT" in os.environ:
+            kwargs["controller_port"] = int(os.environ["NODEMETER_KAFKA_CONTROLLER_PORT"])
+        elif "port" in kwargs:
+            kwargs["controller_port"] = int(str(kwargs["port"])) + 1
+        if "NODEMETER_KAFKA_DIR" in os.environ:
+            kwargs["home"] = Path(os.environ["NODEMETER_KAFKA_DIR"])
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / "server.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def libs_dir(self) -> Path:
+        return self.cache_dir / "libs"
+
+
+# --- protocol probe -------------------------------------------------------------
+
+
+def kafka_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a Kafka broker answers an ApiVersions request on host:port."""
+    client_id = b"nodemeter-probe"
+    # header v1: api_key=18 (ApiVersions), api_version=0, correlation_id, client_id
+    body = struct.pack(">hhih", 18, 0, 7, len(client_id)) + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(struct.pack(">i", len(body)) + body)
+            head = _recv_exact(sock, 4)
+            (size,) = struct.unpack(">i", head)
+            payload = _recv_exact(sock, min(size, 4096))
+    except OSError:
+        return False
+    correlation_id, error_code = struct.unpack(">ih", payload[:6])
+    return correlation_id == 7 and error_code in (0, 35)  # 35: UNSUPPORTED_VERSION still answers
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed")
+        buf += chunk
+    return buf
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+# --- lifecycle ------------------------------------------------------------------
+
+
+def _say(msg: str) -> None:
+    print(f"[kafka] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_jars(cfg: KafkaDevConfig) -> Path:
+    """Resolve the broker's jars from Maven Central into the cache (once)."""
+    marker = cfg.cache_dir / ".resolved"
+    if marker.exists() and any(cfg.libs_dir.glob("kafka_2.13-*.jar")):
+        return cfg.libs_dir
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaDevError(
+            "Maven (mvn) is needed to resolve the Kafka jars from Maven Central; "
+            "install it (apt-get install maven) or point NODEMETER_KAFKA_BOOTSTRAP "
+            "at an existing broker"
+        )
+    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+    _say(f"resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central into {cfg.libs_dir}")
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(_POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={cfg.libs_dir}",
+        "-DincludeScope=runtime",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise KafkaDevError(
+            f"mvn failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
+    marker.write_text(KAFKA_VERSION)
+    return cfg.libs_dir
+
+
+def _write_configs(cfg: KafkaDevConfig) -> tuple[Path, Path]:
+    conf_dir = cfg.home / "config"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
+    props = conf_dir / "server.properties"
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@{cfg.host}:{cfg.controller_port}",
+                f"listeners=PLAINTEXT://{cfg.host}:{cfg.port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{cfg.host}:{cfg.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={cfg.data_dir}",
+                "num.partitions=1",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "group.initial.rebalance.delay.ms=0",
+                # tests kill workers with SIGKILL: allow short session timeouts
+                "group.min.session.timeout.ms=1000",
+                "auto.create.topics.enable=true",
+                "log.retention.hours=168",
+                "",
+            ]
+        )
+    )
+    log4j = conf_dir / "log4j2.yaml"
+    log4j.write_text(
+        "Configuration:\n"
+        "  Appenders:\n"
+        "    RollingFile:\n"
+        "      name: FILE\n"
+        f"      fileName: {cfg.log_file}\n"
+        f"      filePattern: {cfg.log_file}.%i\n"
+        "      PatternLayout:\n"
+        '        pattern: "[%d] %p %m (%c)%n"\n'
+        "      Policies:\n"
+        "        SizeBasedTriggeringPolicy:\n"
+        "          size: 20MB\n"
+        "      DefaultRolloverStrategy:\n"
+        "        max: 3\n"
+        "  Loggers:\n"
+        "    Root:\n"
+        "      level: INFO\n"
+        "      AppenderRef:\n"
+        "        - ref: FILE\n"
+        "    Logger:\n"
+        "      - name: kafka.server.metadata\n"
+        "        level: WARN\n"
+    )
+    return props, log4j
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise KafkaDevError("java (17+) is needed to run the Kafka broker; none found on PATH")
+    return java
+
+
+def _classpath(cfg: KafkaDevConfig) -> str:
+    return str(cfg.libs_dir / "*")
+
+
+def _format_storage(cfg: KafkaDevConfig, props: Path) -> None:
+    if (cfg.data_dir / "meta.properties").exists():
+        return
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    cluster_id = _cluster_id()
+    cmd = [
+        _java(),
+        "-cp",
+        _classpath(cfg),
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        cluster_id,
+        "-c",
+        str(props),
+        "--ignore-formatted",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise KafkaDevError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
+
+
+def _cluster_id() -> str:
+    # Kafka cluster ids are base64url(16 bytes) without padding, like StorageTool random-uuid.
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def read_pid(cfg: KafkaDevConfig) -> int | None:
+    try:
+        pid = int(cfg.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # a zombie or an unrelated process reusing the pid is not our broker
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid
+    return pid if b"kafka.Kafka" in cmdline else None
+
+
+def up(cfg: KafkaDevConfig | None = None) -> str:
+    """Start the broker (idempotent) and return its bootstrap address."""
+    cfg = cfg or KafkaDevConfig.from_env()
+    pid = read_pid(cfg)
+    if pid is not None and kafka_answers(cfg.host, cfg.port):
+        _say(f"already running (pid {pid}) at {cfg.bootstrap}; logs: {cfg.log_file}")
+        return cfg.bootstrap
+    for port in (cfg.port, cfg.controller_port):
+        if pid is None and port_in_use(cfg.host, port):
+            raise KafkaDevError(
+                f"port {cfg.host}:{port} is in use by another process; choose other ports "
+                "with NODEMETER_KAFKA_PORT / NODEMETER_KAFKA_CONTROLLER_PORT"
+            )
+    resolve_jars(cfg)
+    props, log4j = _write_configs(cfg)
+    _format_storage(cfg, props)
+    started = time.monotonic()
+    proc: subprocess.Popen[bytes] | None = None
+    if pid is None:
+        stdout = open(cfg.home / "logs" / "stdout.log", "ab")  # noqa: SIM115 - child owns it
+        proc = subprocess.Popen(
+            [
+                _java(),
+                f"-Xmx{cfg.heap}",
+                f"-Xms{cfg.heap}",
+                "-XX:+UseG1GC",
+                "-XX:TieredStopAtLevel=1",
+                "-Xshare:auto",
+                f"-Dlog4j2.configurationFile={log4j}",
+                f"-Dkafka.logs.dir={cfg.log_file.parent}",
+                "-cp",
+                _classpath(cfg),
+                "kafka.Kafka",
+                str(props),
+            ],
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        stdout.close()
+        cfg.pid_file.write_text(str(proc.pid))
+        pid = proc.pid
+    deadline = started + cfg.start_timeout_s
+    while time.monotonic() < deadline:
+        if kafka_answers(cfg.host, cfg.port):
+            _say(
+                f"broker {KAFKA_VERSION} up at {cfg.bootstrap} (pid {pid}) in "
+                f"{time.monotonic() - started:.1f}s; logs: {cfg.log_file}"
+            )
+            return cfg.bootstrap
+        if (proc.poll() is not None) if proc is not None else read_pid(cfg) is None:
+            raise KafkaDevError(
+                f"broker exited during start; see {cfg.log_file} and {cfg.home}/logs/stdout.log"
+            )
+        time.sleep(0.2)
+    if proc is not None:  # ours and not answering: do not leave it behind
+        proc.kill()
+        proc.wait(10)
+        with contextlib.suppress(FileNotFoundError):
+            cfg.pid_file.unlink()
+    raise KafkaDevError(f"broker did not answer within {cfg.start_timeout_s}s; see {cfg.log_file}")
+
+
+def down(cfg: KafkaDevConfig | None = None, *, grace_s: float = 30.0) -> bool:
+    """Stop the broker; True if one was running."""
+    cfg = cfg or KafkaDevConfig.from_env()
+    pid = read_pid(cfg)
+    if pid is None:
+        _say("not running")
+        with contextlib.suppress(FileNotFoundError):
+            cfg.pid_file.unlink()
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and read_pid(cfg) is not None:
+        _reap(pid)
+        time.sleep(0.1)
+    if read_pid(cfg) is not None:
+        _say(f"no controlled shutdown after {grace_s:.0f}s; killing pid {pid}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        _reap(pid)
+    with contextlib.suppress(FileNotFoundError):
+        cfg.pid_file.unlink()
+    _say(f"stopped (pid {pid})")
+    return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def status(cfg: KafkaDevConfig | None = None) -> dict[str, object]:
+    cfg = cfg or KafkaDevConfig.from_env()
+    pid = read_pid(cfg)
+    return {
+        "running": pid is not None and kafka_answers(cfg.host, cfg.port),
+        "pid": pid,
+        "bootstrap": cfg.bootstrap,
+        "log_file": str(cfg.log_file),
+        "data_dir": str(cfg.data_dir),
+        "kafka_version": KAFKA_VERSION,
+    }
+
+
+def reset(cfg: KafkaDevConfig | None = None) -> None:
+    """Stop the broker and delete its data (not the jar cache)."""
+    cfg = cfg or KafkaDevConfig.from_env()
+    down(cfg)
+    shutil.rmtree(cfg.home, ignore_errors=True)

@@ -1,0 +1,148 @@
+"""Shared fixtures: real services, picked in this order.
+
+1. Environment variables: ``NODEMETER_KAFKA_BOOTSTRAP``, ``NODEMETER_CLICKHOUSE_URL``.
+2. testcontainers, when a Docker engine answers (official Kafka and ClickHouse images).
+3. The local Kafka broker (``nodemeter_stream.devenv.kafka``, jars from Maven Central)
+   on free loopback ports, started once per session and stopped at its end, plus
+   embedded chDB.
+
+Each test gets its own topic prefix and its own ClickHouse database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+KAFKA_IMAGE = "apache/kafka:4.4.0"
+CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.8"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def docker_available() -> bool:
+    if os.environ.get("NODEMETER_NO_DOCKER"):
+        return False
+    if not shutil.which("docker"):
+        return False
+    try:
+        import docker  # testcontainers' dependency
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real Apache Kafka broker."""
+    env = os.environ.get("NODEMETER_KAFKA_BOOTSTRAP")
+    if env:
+        yield env
+        return
+    if docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as kc:
+            yield kc.get_bootstrap_server()
+        return
+    from nodemeter_stream.devenv import kafka
+
+    cfg = local_kafka_config(tmp_path_factory)
+    bootstrap = kafka.up(cfg)
+    try:
+        yield bootstrap
+    finally:
+        kafka.down(cfg)
+
+
+_LOCAL_KAFKA: list[Any] = []
+
+
+def local_kafka_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The session's local broker config (free ports, temp data dir), made once."""
+    from nodemeter_stream.devenv import kafka
+
+    if not _LOCAL_KAFKA:
+        _LOCAL_KAFKA.append(
+            kafka.KafkaDevConfig(
+                port=free_port(), controller_port=free_port(), home=tmp_path_factory.mktemp("kafka")
+            )
+        )
+    return _LOCAL_KAFKA[0]
+
+
+@pytest.fixture(scope="session")
+def local_kafka(kafka_bootstrap: str) -> Any:
+    """The local broker's config, when the session runs one (None otherwise)."""
+    return _LOCAL_KAFKA[0] if _LOCAL_KAFKA else None
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real ClickHouse engine: a server, or chDB on disk for this session."""
+    env = os.environ.get("NODEMETER_CLICKHOUSE_URL")
+    if env:
+        yield env
+        return
+    if docker_available():
+        from testcontainers.clickhouse import ClickHouseContainer
+
+        with ClickHouseContainer(CLICKHOUSE_IMAGE) as ch:
+            host, port = ch.get_container_host_ip(), ch.get_exposed_port(8123)
+            yield f"http://{ch.username}:{ch.password}@{host}:{port}"
+        return
+    yield f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str, topic_prefix: str) -> Any:
+    """The pipeline's topics under a prefix unique to this test, created on the broker."""
+    from nodemeter_stream.topics import Topics, ensure_topics
+
+    t = Topics(prefix=topic_prefix)
+    ensure_topics(kafka_bootstrap, t)
+    return t
+
+
+@pytest.fixture
+def clickhouse_config(clickhouse_url: str) -> Any:
+    from nodemeter_stream.store import ClickHouseConfig
+
+    return ClickHouseConfig(url=clickhouse_url, database=f"test_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def ch(clickhouse_config: Any) -> Iterator[Any]:
+    """A clickhouse-connect client on a fresh, migrated database of its own."""
+    from nodemeter_stream.migrate import migrate
+    from nodemeter_stream.store import connect
+
+    client = connect(clickhouse_config)
+    migrate(client, verbose=False)
+    try:
+        yield client
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {clickhouse_config.database}")
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]

@@ -1,0 +1,124 @@
+"""ClickHouse through clickhouse-connect (chDB by default): migrations and exact round trips."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from nodemeter_stream.migrate import applied, discover, migrate
+from nodemeter_stream.rows import USAGE_EVENT_COLUMNS, usage_event_row
+from nodemeter_stream.smoke import sample_events
+
+pytestmark = pytest.mark.clickhouse
+
+
+def test_migrations_are_recorded_and_idempotent(ch: Any) -> None:
+    assert set(applied(ch)) == {m.version for m in discover()}
+    assert migrate(ch, verbose=False) == []
+    tables = {r[0] for r in ch.query("SHOW TABLES").result_rows}
+    assert {"usage_events", "dead_letters", "priced_lines", "schema_migrations"} <= tables
+
+
+def test_usage_events_round_trip_exactly(ch: Any) -> None:
+    events = sample_events(8, tenant="t-ch")
+    rows = [usage_event_row(ev, topic="x", partition=1, offset=i) for i, ev in enumerate(events)]
+    ch.insert("usage_events", rows, column_names=list(USAGE_EVENT_COLUMNS))
+    got = ch.query(
+        "SELECT event_id, node_id, input_tokens, output_tokens, gpu_ms, cpu_ms, event_time "
+        "FROM usage_events FINAL ORDER BY source_offset"
+    ).result_rows
+    assert [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in got] == [
+        (
+            e.event_id,
+            e.node_id,
+            e.meters.input_tokens,
+            e.meters.output_tokens,
+            e.meters.gpu_ms,
+            e.meters.cpu_ms,
+        )
+        for e in events
+    ]
+    # microsecond-exact; clickhouse-connect returns UTC columns as naive datetimes
+    assert [r[6].replace(tzinfo=UTC) for r in got] == [e.event_time for e in events]
+
+
+def test_insert_deduplication_token_makes_a_retried_block_a_no_op(ch: Any) -> None:
+    events = sample_events(5, tenant="t-dedupe")
+    rows = [usage_event_row(ev) for ev in events]
+    for _ in range(3):  # a sink retrying the same block after a timeout
+        ch.insert(
+            "usage_events",
+            rows,
+            column_names=list(USAGE_EVENT_COLUMNS),
+            settings={"insert_deduplication_token": "usage:p0:0-4"},
+        )
+    assert ch.query("SELECT count() FROM usage_events").result_rows[0][0] == 5
+
+
+def test_decimal_money_is_exact(ch: Any) -> None:
+    amounts = [
+        Decimal("0.000000150000"),
+        Decimal("1234567.123456789012"),
+        Decimal("0.1"),
+        Decimal("0.2"),
+    ]
+    rows = [
+        [
+            f"l{i}",
+            "usage",
+            "e",
+            "t",
+            "r",
+            "n",
+            "w",
+            "m",
+            "p",
+            "input_tokens",
+            "",
+            Decimal(1),
+            a,
+            a,
+            "USD",
+            "default",
+            1,
+            "flat",
+            0,
+            "2026-11",
+            "2026-11-01 00:00:00",
+            "2026-11-02 00:00:00",
+        ]
+        for i, a in enumerate(amounts)
+    ]
+    cols = [
+        "line_id",
+        "line_kind",
+        "event_id",
+        "tenant",
+        "request_id",
+        "node_id",
+        "workflow",
+        "model",
+        "provider",
+        "meter",
+        "gpu_type",
+        "quantity",
+        "unit_price",
+        "amount",
+        "currency",
+        "price_book",
+        "price_book_version",
+        "charge_model",
+        "tier",
+        "window_id",
+        "window_start",
+        "event_time",
+    ]
+    for r in rows:
+        r[20] = datetime(2026, 11, 1, tzinfo=UTC)
+        r[21] = datetime(2026, 11, 2, tzinfo=UTC)
+    ch.insert("priced_lines", rows, column_names=cols)
+    total = ch.query("SELECT sum(amount) FROM priced_lines").result_rows[0][0]
+    assert total == sum(amounts) == Decimal("1234567.423456939012")
