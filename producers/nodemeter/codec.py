@@ -140,6 +140,8 @@ def usage_event_to_avro(ev: UsageEvent) -> dict[str, Any]:
         "billable": ev.billable,
         "non_billable_reason": ev.non_billable_reason,
         "event_time": _ts(ev.event_time),
+        "trace_id": ev.trace_id,
+        "producer": ev.producer,
         "attributes": dict(ev.attributes),
     }
 
@@ -175,6 +177,8 @@ def usage_event_from_avro(d: Mapping[str, Any]) -> UsageEvent:
         non_billable_reason=d.get("non_billable_reason"),
         event_time=_ts(d["event_time"]),
         attributes=dict(d.get("attributes") or {}),
+        trace_id=d.get("trace_id"),
+        producer=d.get("producer", ""),
     )
 
 

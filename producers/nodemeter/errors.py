@@ -7,7 +7,9 @@ NodemeterError
 ├── DecodeError            bytes that are not a nodemeter record (truncated, unknown schema, ...)
 │   └── UnknownSchemaError fingerprint or registry id not known
 ├── BudgetExceededError    a hard budget limit says no (SDK pre-flight check)
-└── DeliveryError          a send failed for good and could not be spooled either
+├── DeliveryError          a send failed for good and could not be spooled either
+├── RegistryError          the schema registry refused or could not be reached
+└── GpuUnavailableError    GPU timing/readings asked for where no GPU, torch or NVML is
 """
 
 from __future__ import annotations
@@ -51,3 +53,11 @@ class BudgetExceededError(NodemeterError):
 
 class DeliveryError(NodemeterError):
     """A record could neither be delivered nor spooled."""
+
+
+class RegistryError(NodemeterError):
+    """The Confluent-compatible schema registry refused a schema or could not be reached."""
+
+
+class GpuUnavailableError(NodemeterError):
+    """No GPU reading is possible here; the message says why (no torch, no CUDA, no NVML)."""

@@ -129,6 +129,9 @@ class UsageEvent:
     billable: bool = True
     non_billable_reason: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
+    # Schema v2 (both default, so v1 readers and writers keep working).
+    trace_id: str | None = None
+    producer: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,6 +246,8 @@ def validate_usage_event(event: UsageEvent) -> None:
     _check_id("workflow", event.workflow, required=False)
     _check_id("model", event.model, required=False)
     _check_id("provider", event.provider, required=False)
+    _check_id("trace_id", event.trace_id, required=False)
+    _check_id("producer", event.producer, required=False)
     if len(event.branch_path) > MAX_ID_LEN:
         raise OversizeEventError("branch_path too long")
     if event.sequence < 0:

@@ -1,0 +1,512 @@
+"""``Meter``: validates, encodes and sends usage records; never loses one.
+
+    meter = Meter(MeterConfig(bootstrap_servers="127.0.0.1:19092"))
+    with meter.request(tenant="acme", workflow="rag") as req:
+        with meter.node("llm.answer", model="gpt-4o") as span:
+            span.record(input_tokens=812, output_tokens=96)
+    meter.close()
+
+Delivery path: ``emit`` validates at the call site (typed ``InvalidUsageError``),
+encodes, and hands the bytes to an idempotent confluent-kafka producer (acks=all,
+key = tenant/request_id so a request's records share a partition and keep their
+order). A background thread serves delivery callbacks; a record whose delivery
+failed for good, or that the local queue could not take, is written to the
+on-disk spool with its exact bytes and replayed later (same bytes, same event
+id). A fatal producer error (idempotence state lost) rebuilds the producer.
+Nothing from the background ever raises into the caller's thread; the counters
+in ``Meter.stats`` and the ``nodemeter`` logger say what happened.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from nodemeter import __version__
+from nodemeter.codec import encode_record, record_key
+from nodemeter.errors import ConfigError, DeliveryError, NodemeterError, OversizeEventError
+from nodemeter.events import MAX_EVENT_BYTES, Record, utcnow, validate_record
+from nodemeter.spool import FSYNC_POLICIES, FsyncPolicy, Spool, read_segment
+
+log = logging.getLogger("nodemeter")
+
+PRODUCER_NAME = f"nodemeter-py/{__version__}"
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+# Settings that make delivery exactly-once per partition; a caller may not turn them off.
+_PINNED = {"enable.idempotence": True, "acks": "all"}
+_SECRET_HINTS = ("password", "secret", "token", "key")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeterConfig:
+    """Producer and spool settings; validated when built (``ConfigError``)."""
+
+    bootstrap_servers: str = field(
+        default_factory=lambda: _env("NODEMETER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    )
+    topic: str = field(
+        default_factory=lambda: _env("NODEMETER_TOPIC_PREFIX", "") + "nodemeter.usage.v1"
+    )
+    client_id: str = "nodemeter-sdk"
+    spool_dir: Path = field(
+        default_factory=lambda: Path(_env("NODEMETER_SPOOL_DIR", ".nodemeter/spool"))
+    )
+    spool_fsync: FsyncPolicy = "batch"
+    compression: str = "lz4"
+    linger_ms: int = 5
+    batch_bytes: int = 1_000_000
+    delivery_timeout_ms: int = 30_000
+    queue_max_messages: int = 500_000
+    replay_interval_s: float = 5.0
+    registry_url: str | None = field(
+        default_factory=lambda: os.environ.get("NODEMETER_SCHEMA_REGISTRY_URL") or None
+    )
+    producer_name: str = PRODUCER_NAME
+    otel: bool | None = None  # None: use OpenTelemetry when it is importable
+    producer_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers or not isinstance(self.bootstrap_servers, str):
+            raise ConfigError("bootstrap_servers is required, e.g. '127.0.0.1:19092'")
+        if not self.topic or len(self.topic) > 249:
+            raise ConfigError(f"topic must be 1-249 characters, got {self.topic!r}")
+        if self.spool_fsync not in FSYNC_POLICIES:
+            raise ConfigError(f"spool_fsync must be one of {FSYNC_POLICIES}")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"compression must be one of {COMPRESSIONS}")
+        for name, lo, hi in (
+            ("linger_ms", 0, 60_000),
+            ("batch_bytes", 1, 100_000_000),
+            ("delivery_timeout_ms", 1_000, 3_600_000),
+            ("queue_max_messages", 1, 10_000_000),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        if not 0.05 <= self.replay_interval_s <= 3600:
+            raise ConfigError("replay_interval_s must be between 0.05 and 3600 seconds")
+        if self.registry_url is not None and not self.registry_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError("registry_url must be an http(s):// URL")
+        for k in self.producer_config:
+            if k in _PINNED and self.producer_config[k] != _PINNED[k]:
+                raise ConfigError(f"{k} is pinned to {_PINNED[k]!r}: delivery guarantees need it")
+
+    def producer_conf(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "compression.type": self.compression,
+            "linger.ms": self.linger_ms,
+            "batch.size": self.batch_bytes,
+            "delivery.timeout.ms": self.delivery_timeout_ms,
+            "queue.buffering.max.messages": self.queue_max_messages,
+        }
+        conf.update(self.producer_config)
+        conf.update(_PINNED)
+        return conf
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "producer_config":
+                value = {
+                    k: ("***" if any(h in k.lower() for h in _SECRET_HINTS) else v)
+                    for k, v in value.items()
+                }
+            parts.append(f"{f.name}={value!r}")
+        return f"MeterConfig({', '.join(parts)})"
+
+
+class ProducerLike(Protocol):
+    """The part of ``confluent_kafka.Producer`` the meter uses."""
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, on_delivery: Any) -> None: ...
+    def poll(self, timeout: float) -> int: ...
+    def flush(self, timeout: float) -> int: ...
+    def purge(self, in_queue: bool = ..., in_flight: bool = ..., blocking: bool = ...) -> None: ...
+    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+
+
+ProducerFactory = Callable[[dict[str, Any]], ProducerLike]
+
+
+def confluent_producer(conf: dict[str, Any]) -> ProducerLike:
+    from confluent_kafka import Producer
+
+    return cast(ProducerLike, Producer(conf))
+
+
+@dataclass
+class MeterStats:
+    """Counters; ``lost`` must stay 0 (a record neither delivered nor spooled)."""
+
+    produced: int = 0
+    delivered: int = 0
+    failed: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    rebuilt: int = 0
+    lost: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class _SegmentReplay:
+    """Outstanding replayed records of one spool segment; delete it when all are settled."""
+
+    __slots__ = ("done_reading", "lock", "outstanding", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.outstanding = 0
+        self.done_reading = False
+        self.lock = threading.Lock()
+
+
+_LIVE: weakref.WeakSet[Meter] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for meter in list(_LIVE):
+        meter.close(timeout=5.0)
+
+
+class Meter:
+    """Owns one producer and one spool. Thread-safe; create one per process."""
+
+    def __init__(
+        self,
+        config: MeterConfig | None = None,
+        *,
+        producer_factory: ProducerFactory | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        encoder: Callable[[Record], bytes] | None = None,
+        background: bool = True,
+    ) -> None:
+        self.config = config if config is not None else MeterConfig()
+        self.clock = clock
+        self.stats = MeterStats()
+        self._factory = producer_factory or confluent_producer
+        self._encode = encoder or self._default_encoder()
+        self._spool = Spool(self.config.spool_dir, fsync=self.config.spool_fsync)
+        self._plock = threading.Lock()  # guards swapping the producer during a rebuild
+        self._slock = threading.Lock()  # guards stats updated from several threads
+        self._producer = self._new_producer()
+        self._rebuild = threading.Event()
+        self._stop = threading.Event()
+        self._closed = False
+        self._last_warn = 0.0
+        self._otel = self._otel_enabled()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(
+                target=self._service, name="nodemeter-delivery", daemon=True
+            )
+            self._thread.start()
+        _LIVE.add(self)
+
+    # --- public API -------------------------------------------------------------------
+
+    def emit(self, record: Record) -> None:
+        """Validate (raising ``InvalidUsageError`` here), encode and send one record."""
+        validate_record(record)
+        self.emit_validated(record)
+
+    def emit_validated(self, record: Record) -> None:
+        """Send a record the caller already validated (the context API's fast path)."""
+        value = self._encode(record)
+        if len(value) > MAX_EVENT_BYTES:
+            raise OversizeEventError(
+                f"encoded record is {len(value)} bytes; the limit is {MAX_EVENT_BYTES}"
+            )
+        self.send_bytes(record_key(record), value)
+
+    def send_bytes(self, key: bytes | None, value: bytes, *, topic: str | None = None) -> None:
+        """Send already-encoded bytes; spooled when the producer cannot take them."""
+        topic = topic or self.config.topic
+        if self._closed:
+            self._to_spool(topic, key, value, "meter closed")
+            return
+        try:
+            with self._plock:
+                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+        except BufferError:
+            self._to_spool(topic, key, value, "local producer queue full")
+            return
+        except Exception as exc:  # KafkaException (fatal state), or anything unexpected
+            self._rebuild.set()
+            self._to_spool(topic, key, value, f"produce failed: {exc}")
+            return
+        self.stats.produced += 1
+
+    def request(self, **kwargs: Any) -> Any:
+        """A request (root span) context manager; see ``nodemeter.context.RequestScope``."""
+        from nodemeter.context import RequestScope
+
+        return RequestScope(self, **kwargs)
+
+    def node(self, node_id: str, **kwargs: Any) -> Any:
+        """A node span: context manager (sync/async) and decorator (sync/async)."""
+        from nodemeter.context import NodeScope
+
+        return NodeScope(node_id, **kwargs)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for outstanding deliveries; returns how many are still in flight."""
+        remaining = int(self._producer.flush(timeout))
+        self._spool.sync()
+        return remaining
+
+    def replay(self, *, check_broker: bool = True) -> int:
+        """Send spooled records again (same bytes); returns how many were re-sent.
+
+        Segments are deleted once every record in them was delivered or spooled again.
+        """
+        if check_broker and not self.broker_reachable():
+            return 0
+        sent = 0
+        for path in self._spool.claim():
+            seg = _SegmentReplay(path)
+            for rec in read_segment(path):
+                with seg.lock:
+                    seg.outstanding += 1
+                cb = functools.partial(self._on_replay_delivery, seg)
+                self._produce_blocking(rec.topic, rec.key, rec.value, cb)
+                sent += 1
+            with seg.lock:
+                seg.done_reading = True
+                settled = seg.outstanding == 0
+            if settled:
+                self._spool.release(path)
+        return sent
+
+    def spooled_records(self) -> int:
+        return self._spool.pending_records()
+
+    def broker_reachable(self, timeout: float = 2.0) -> bool:
+        try:
+            md = self._producer.list_topics(self.config.topic, timeout=timeout)
+        except Exception:
+            return False
+        return bool(getattr(md, "brokers", True))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush; whatever is still undelivered goes to the spool. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        try:
+            remaining = self._producer.flush(timeout)
+            if remaining:
+                # Purged messages come back through the delivery callback with an
+                # error and are spooled; in-flight ones may still land too, which
+                # the pipeline's event_id dedupe absorbs.
+                self._producer.purge(in_queue=True, in_flight=True, blocking=True)
+                self._producer.flush(1.0)
+        except Exception as exc:
+            log.error("nodemeter: error while closing the producer: %s", exc)
+        self._spool.close()
+        _LIVE.discard(self)
+
+    def __enter__(self) -> Meter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def otel_enabled(self) -> bool:
+        return self._otel
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _default_encoder(self) -> Callable[[Record], bytes]:
+        if self.config.registry_url:
+            from nodemeter.registry import RegistryEncoder
+
+            return RegistryEncoder(self.config.registry_url).encode
+        return encode_record
+
+    def _otel_enabled(self) -> bool:
+        if self.config.otel is False:
+            return False
+        try:
+            import opentelemetry.trace  # noqa: F401
+        except ImportError:
+            if self.config.otel:
+                raise ConfigError(
+                    "otel=True but opentelemetry is not installed (pip install opentelemetry-api)"
+                ) from None
+            return False
+        return True
+
+    def _new_producer(self) -> ProducerLike:
+        conf = self.config.producer_conf()
+        if self._factory is confluent_producer:
+            conf["error_cb"] = self._on_error
+        try:
+            return self._factory(conf)
+        except Exception as exc:
+            raise ConfigError(f"could not create the Kafka producer: {exc}") from exc
+
+    def _produce_blocking(self, topic: str, key: bytes | None, value: bytes, cb: Any) -> None:
+        """Produce from the replay path, waiting for queue space instead of spooling again."""
+        while True:
+            try:
+                with self._plock:
+                    self._producer.produce(topic, value, key, on_delivery=cb)
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+            except Exception as exc:
+                self._rebuild.set()
+                cb(_LocalError(str(exc)), _LocalMessage(topic, key, value))
+                return
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        # Runs inside poll()/flush(); must never raise.
+        try:
+            if err is None:
+                self.stats.delivered += 1
+                return
+            with self._slock:
+                self.stats.failed += 1
+            if _is_fatal(err):
+                self._rebuild.set()
+            self._to_spool(msg.topic(), msg.key(), msg.value(), str(err))
+        except Exception:
+            log.exception("nodemeter: delivery callback failed")
+
+    def _on_replay_delivery(self, seg: _SegmentReplay, err: Any, msg: Any) -> None:
+        try:
+            if err is None:
+                with self._slock:
+                    self.stats.replayed += 1
+            else:
+                if _is_fatal(err):
+                    self._rebuild.set()
+                self._to_spool(msg.topic(), msg.key(), msg.value(), f"replay: {err}")
+            with seg.lock:
+                seg.outstanding -= 1
+                settled = seg.done_reading and seg.outstanding == 0
+            if settled:
+                self._spool.release(seg.path)
+        except Exception:
+            log.exception("nodemeter: replay delivery callback failed")
+
+    def _on_error(self, err: Any) -> None:
+        try:
+            if _is_fatal(err):
+                log.error("nodemeter: fatal producer error, rebuilding the producer: %s", err)
+                self._rebuild.set()
+            else:
+                self._warn(f"nodemeter: producer error (retrying): {err}")
+        except Exception:
+            log.exception("nodemeter: error callback failed")
+
+    def _to_spool(self, topic: str, key: bytes | None, value: bytes, why: str) -> None:
+        try:
+            self._spool.append(topic, key, value)
+        except DeliveryError as exc:
+            with self._slock:
+                self.stats.lost += 1
+            log.error("nodemeter: record LOST, neither delivered nor spooled (%s): %s", why, exc)
+            return
+        with self._slock:
+            self.stats.spooled += 1
+        self._warn(f"nodemeter: record spooled to {self._spool.directory} ({why})")
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warn >= 5.0:  # one line per 5 s, not one per record
+            self._last_warn = now
+            log.warning(message)
+
+    def _rebuild_producer(self) -> None:
+        self._rebuild.clear()
+        new = self._new_producer()
+        with self._plock:
+            old, self._producer = self._producer, new
+        with self._slock:
+            self.stats.rebuilt += 1
+        try:
+            # Unsent records of the dead producer come back through the callback and are spooled.
+            old.purge(in_queue=True, in_flight=True, blocking=True)
+            old.flush(2.0)
+        except Exception as exc:
+            log.error("nodemeter: could not drain the old producer: %s", exc)
+
+    def _service(self) -> None:
+        next_replay = time.monotonic() + 0.5  # pick up what an earlier run left soon after start
+        while not self._stop.is_set():
+            try:
+                self._producer.poll(0.05)
+                if self._rebuild.is_set():
+                    self._rebuild_producer()
+                if time.monotonic() >= next_replay:
+                    if self._spool.pending_segments():
+                        self.replay()
+                    next_replay = time.monotonic() + self.config.replay_interval_s
+            except Exception:
+                log.exception("nodemeter: background delivery loop error (continuing)")
+                time.sleep(0.1)
+
+
+def _is_fatal(err: Any) -> bool:
+    fatal = getattr(err, "fatal", None)
+    try:
+        return bool(fatal()) if callable(fatal) else False
+    except Exception:
+        return False
+
+
+class _LocalError:
+    """Stands in for a KafkaError when produce() itself raised."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def fatal(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _LocalMessage:
+    def __init__(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self._t, self._k, self._v = topic, key, value
+
+    def topic(self) -> str:
+        return self._t
+
+    def key(self) -> bytes | None:
+        return self._k
+
+    def value(self) -> bytes:
+        return self._v
+
+
+__all__ = ["Meter", "MeterConfig", "MeterStats", "NodemeterError", "ProducerLike"]
