@@ -19,8 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dev": ("nodemeter_stream.devenv.cli", "local development services (Kafka broker)"),
     "emit": ("nodemeter.emit_cli", "send usage records given as JSON lines on stdin"),
     "migrate": ("nodemeter_stream.migrate_cli", "apply the SQL migrations to ClickHouse"),
-    "rebuild": ("nodemeter_stream.analytics.rebuild_cli", "rebuild rollups from the base tables"),
-    "report": ("nodemeter_stream.analytics.report_cli", "cost per node for a tenant (table, --html)"),
+    "rebuild": ("nodemeter_stream.analytics.rebuild_cli", "rebuild rollups from base tables"),
+    "report": ("nodemeter_stream.analytics.report_cli", "per-node cost report (--html)"),
     "smoke": ("nodemeter_stream.smoke", "produce, consume and store a few events end to end"),
     "sql": ("nodemeter_stream.analytics.sql_cli", "run SQL or a library query, print a table"),
     "worker": (

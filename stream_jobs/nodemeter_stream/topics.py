@@ -29,10 +29,16 @@ class Topics:
     def budget_state(self) -> str:
         return f"{self.prefix}nodemeter.budget-state.v1"
 
+    @property
+    def usage_by_tenant(self) -> str:
+        """Accepted, first-seen usage events re-keyed by tenant (the pricing agent's input)."""
+        return f"{self.prefix}nodemeter.usage-by-tenant.v1"
+
     def all(self) -> dict[str, dict[str, str]]:
         """Topic name -> topic config."""
         return {
             self.usage: {"retention.ms": str(14 * 24 * 3600 * 1000)},
+            self.usage_by_tenant: {"retention.ms": str(14 * 24 * 3600 * 1000)},
             self.dlq: {"retention.ms": str(90 * 24 * 3600 * 1000)},
             self.budget_alerts: {"retention.ms": str(90 * 24 * 3600 * 1000)},
             self.budget_state: {"cleanup.policy": "compact"},

@@ -1,0 +1,284 @@
+"""Agent ``ingest_usage``: usage topic -> validate -> dedupe -> merge -> ClickHouse.
+
+One batch at a time (``noack_take``, concurrency 1), in this order:
+
+1. classify every record (pure core); plan the batch against the stored state;
+2. write usage_events, dead_letters, request_records, request_nodes to ClickHouse,
+   each block with a deterministic ``insert_deduplication_token`` (retried until
+   acknowledged: an outage pauses consumption);
+3. only then record the event ids as seen and store the request states (changelog);
+4. send dead letters to the DLQ topic and first-seen usage events to
+   ``usage-by-tenant`` (at-least-once);
+5. ack the batch, so Faust commits its offsets.
+
+A timer closes requests that timed out and expires old dedupe marks and request states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from nodemeter.codec import encode_payload
+from nodemeter.events import UsageEvent
+from nodemeter_stream.agents.tables import ChangelogMap
+from nodemeter_stream.app import Worker
+from nodemeter_stream.core.batch import (
+    BatchPlan,
+    content_token,
+    offsets_token,
+    plan_batch,
+    plan_sweep,
+)
+from nodemeter_stream.core.dedupe import SeenMark, is_live
+from nodemeter_stream.core.merge import Emission, RequestState
+from nodemeter_stream.core.rows import (
+    DEAD_LETTER_COLUMNS,
+    REQUEST_NODE_COLUMNS,
+    REQUEST_RECORD_COLUMNS,
+    dead_letter_row,
+    request_node_rows,
+    request_record_row,
+)
+from nodemeter_stream.core.validate import DeadLetter, Source, classify
+from nodemeter_stream.rows import USAGE_EVENT_COLUMNS, usage_event_row
+from nodemeter_stream.sink import Block, ack_all
+
+log = logging.getLogger("nodemeter.ingest")
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Ingest:
+    """The ingest pipeline's wiring; ``clock`` returns epoch milliseconds."""
+
+    def __init__(self, worker: Worker, *, clock: Callable[[], int] = wall_ms) -> None:
+        self.worker = worker
+        self.cfg = worker.config
+        self.sink = worker.sink
+        self.metrics = worker.metrics
+        self.clock = clock
+        app = worker.app
+        topics = self.cfg.topics
+        self.source = app.topic(topics.usage, key_serializer="raw", value_serializer="raw")
+        self.dlq = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
+        self.by_tenant = app.topic(
+            topics.usage_by_tenant, key_serializer="raw", value_serializer="raw"
+        )
+        self.seen = ChangelogMap(app.Table("seen-events", partitions=self.cfg.partitions))
+        self.requests = ChangelogMap(app.Table("request-state", partitions=self.cfg.partitions))
+        # Batches and the sweep timer both read-modify-write the state tables.
+        self.lock = asyncio.Lock()
+
+    # --- lookups ---------------------------------------------------------------------
+
+    def is_seen(self, event_id: str) -> bool:
+        raw = self.seen.get(event_id)
+        if raw is None:
+            return False
+        mark = SeenMark.from_json(raw)
+        return is_live(mark, now_ms=self.clock(), ttl_s=self.cfg.dedupe_ttl_s)
+
+    def get_state(self, key: str) -> RequestState | None:
+        raw = self.requests.get(key)
+        return None if raw is None else RequestState.from_json(raw)
+
+    # --- one batch -------------------------------------------------------------------
+
+    async def process(self, events: Sequence[Any]) -> BatchPlan:
+        now_ms = self.clock()
+        self.metrics.events_in.inc(len(events))
+        self.metrics.batch_size.observe(len(events))
+        sources = [
+            Source(topic=e.message.topic, partition=e.message.partition, offset=e.message.offset)
+            for e in events
+        ]
+        items = [
+            classify(e.value, key=e.key, source=s, max_bytes=self.cfg.max_event_bytes)
+            for e, s in zip(events, sources, strict=True)
+        ]
+        async with self.lock:
+            plan = plan_batch(
+                items,
+                is_seen=self.is_seen,
+                get_state=self.get_state,
+                now_ms=now_ms,
+                timeout_s=self.cfg.request_timeout_s,
+            )
+            usage_rows = [
+                usage_event_row(
+                    a.record,
+                    topic=a.source.topic,
+                    partition=a.source.partition,
+                    offset=a.source.offset,
+                )
+                for a in plan.fresh
+                if isinstance(a.record, UsageEvent)
+            ]
+            blocks = [
+                Block(
+                    table="usage_events",
+                    columns=USAGE_EVENT_COLUMNS,
+                    rows=usage_rows,
+                    token=offsets_token("usage_events", sources),
+                ),
+                Block(
+                    table="dead_letters",
+                    columns=DEAD_LETTER_COLUMNS,
+                    rows=[dead_letter_row(d) for d in plan.dead_letters],
+                    token=offsets_token("dead_letters", sources),
+                ),
+                *request_blocks(plan.emissions),
+            ]
+            await self.sink.write(blocks)
+            # Stored: from here on the state may say so.
+            for a in plan.fresh:
+                mark = SeenMark(now_ms, a.source.partition)
+                self.seen.put(a.record.event_id, mark.to_json(), partition=a.source.partition)
+            for key, state in plan.states.items():
+                self.requests.put(key, state.to_json(), partition=state.partition)
+        for d in plan.dead_letters:
+            await self.send_dead_letter(d, now_ms=now_ms)
+        for a in plan.fresh:
+            if isinstance(a.record, UsageEvent):
+                await self.by_tenant.send(key=a.record.tenant.encode(), value=a.payload)
+        self.count(plan)
+        return plan
+
+    def count(self, plan: BatchPlan) -> None:
+        m = self.metrics
+        m.events_stored.inc(len(plan.fresh))
+        m.duplicates.inc(len(plan.duplicates))
+        for d in plan.dead_letters:
+            m.dead_letters.labels(reason=d.reason).inc()
+        count_emissions(m, plan.emissions)
+
+    async def send_dead_letter(self, d: DeadLetter, *, now_ms: int) -> None:
+        value = encode_payload(
+            "dead_letter",
+            {
+                "source_topic": d.source.topic,
+                "source_partition": d.source.partition,
+                "source_offset": d.source.offset,
+                "reason": d.reason,
+                "detail": d.detail[:2000],
+                "tenant": d.tenant,
+                "event_id": d.event_id or None,
+                "record_key": d.key or None,
+                "payload": d.payload,
+                "received_at": datetime.fromtimestamp(now_ms / 1000, tz=UTC),
+                "attributes": {},
+            },
+        )
+        headers = [
+            ("reason", d.reason.encode()),
+            ("source_topic", d.source.topic.encode()),
+            ("source_partition", str(d.source.partition).encode()),
+            ("source_offset", str(d.source.offset).encode()),
+        ]
+        await self.dlq.send(key=d.key or None, value=value, headers=headers)
+
+    # --- timer -----------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Close timed-out requests; drop expired dedupe marks and old request states."""
+        now_ms = self.clock()
+        async with self.lock:
+            states = [RequestState.from_json(v) for _, v in self.requests.items()]
+            plan = plan_sweep(
+                states,
+                now_ms=now_ms,
+                timeout_s=self.cfg.request_timeout_s,
+                retention_s=self.cfg.request_retention_s,
+            )
+            await self.sink.write(request_blocks(plan.emissions))
+            for e in plan.emissions:
+                key = f"{e.state.tenant}/{e.state.request_id}"
+                self.requests.put(key, e.state.to_json(), partition=e.state.partition)
+            for s in plan.purge:
+                self.requests.delete(f"{s.tenant}/{s.request_id}", partition=s.partition)
+            for eid, raw in self.seen.items():
+                mark = SeenMark.from_json(raw)
+                if not is_live(mark, now_ms=now_ms, ttl_s=self.cfg.dedupe_ttl_s):
+                    self.seen.delete(eid, partition=mark.partition)
+            self.metrics.open_requests.set(
+                sum(1 for s in states if not s.closed)
+                - sum(1 for e in plan.emissions if not e.state.closed)
+            )
+        count_emissions(self.metrics, plan.emissions)
+
+    def update_lag(self, events: Sequence[Any]) -> None:
+        last: dict[Any, int] = {}
+        for e in events:
+            last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
+        consumer = self.worker.app.consumer
+        for tp, off in last.items():
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, hw - off - 1)
+                )
+
+
+def request_blocks(emissions: Sequence[Emission]) -> list[Block]:
+    records = [e.record for e in emissions]
+    ids = [f"{r.tenant}/{r.request_id}@{r.revision}" for r in records]
+    return [
+        Block(
+            table="request_records",
+            columns=REQUEST_RECORD_COLUMNS,
+            rows=[request_record_row(r) for r in records],
+            token=content_token("request_records", ids),
+        ),
+        Block(
+            table="request_nodes",
+            columns=REQUEST_NODE_COLUMNS,
+            rows=[row for r in records for row in request_node_rows(r)],
+            token=content_token("request_nodes", ids),
+        ),
+    ]
+
+
+def count_emissions(metrics: Any, emissions: Sequence[Emission]) -> None:
+    for e in emissions:
+        kind = (
+            "correction"
+            if e.record.is_correction
+            else ("complete" if e.record.complete else "incomplete")
+        )
+        metrics.request_records.labels(kind=kind).inc()
+
+
+def register(worker: Worker) -> Ingest:
+    """Add the ``ingest_usage`` agent and the sweep timer to the worker's app."""
+    ingest = Ingest(worker)
+    app = worker.app
+    policy = worker.config.batch_policy
+    worker.extras["ingest"] = ingest
+
+    @app.task
+    async def connect_sink() -> None:
+        await worker.sink.start()
+
+    @app.agent(ingest.source, concurrency=1, name="ingest_usage")
+    async def ingest_usage(stream: Any) -> None:
+        async for events in stream.noack_take(policy.max_size, within=policy.max_wait_s):
+            # Shielded: a SIGTERM lets the batch in flight finish and be acknowledged.
+            await asyncio.shield(ingest.process(events))
+            await ack_all(stream, events)
+            ingest.update_lag(events)
+
+    @app.timer(worker.config.sweep_interval_s)
+    async def sweep_requests() -> None:
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return  # the state is being recovered: deciding timeouts now would be premature
+        await ingest.sweep()
+
+    worker.extras["ingest_agent"] = ingest_usage
+    return ingest

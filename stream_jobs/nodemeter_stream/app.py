@@ -1,0 +1,182 @@
+"""The Faust app of the stream worker and its typed configuration.
+
+``build_app(config)`` returns a :class:`Worker` context: the ``faust.App`` (store
+``memory://``; every table is backed by a changelog topic, which is the recoverable
+state), the topics, the ClickHouse sink and the metrics. Agents live in the modules
+named by :data:`AGENT_MODULES`; each exposes ``register(worker: Worker) -> None`` and
+is imported by ``build_app``. No agent runs with ``concurrency > 1``: Faust could
+commit an offset past a message another actor has not finished.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodemeter.errors import ConfigError
+from nodemeter_stream.core.batch import BatchPolicy
+from nodemeter_stream.core.dedupe import DEFAULT_TTL_S
+from nodemeter_stream.store import ClickHouseConfig
+from nodemeter_stream.topics import Topics
+
+# Modules whose ``register(worker)`` adds agents/timers to the app. Pricing appends
+# "nodemeter_stream.agents.pricing".
+AGENT_MODULES: tuple[str, ...] = ("nodemeter_stream.agents.ingest",)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"NODEMETER_{name}", default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    """Everything the worker needs; validated when built, secrets never printed."""
+
+    bootstrap: str
+    topic_prefix: str = ""
+    partitions: int = 4
+    clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
+    app_id: str = "nodemeter-worker"
+    batch_size: int = 2000
+    batch_seconds: float = 1.0
+    dedupe_ttl_s: int = DEFAULT_TTL_S
+    request_timeout_s: float = 300.0
+    request_retention_s: float = float(DEFAULT_TTL_S)
+    sweep_interval_s: float = 5.0
+    metrics_port: int = 0  # 0 = no HTTP endpoint
+    session_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 3.0
+    commit_interval_s: float = 1.0
+    max_event_bytes: int = 64 * 1024
+    sink_retry_max_s: float = 5.0
+    agent_modules: tuple[str, ...] = AGENT_MODULES
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap:
+            raise ConfigError("bootstrap (Kafka bootstrap servers) is required")
+        if not self.app_id or any(c.isspace() for c in self.app_id):
+            raise ConfigError(f"app_id {self.app_id!r} must be non-empty without spaces")
+        if self.partitions < 1:
+            raise ConfigError("partitions must be >= 1")
+        if self.batch_size < 1 or self.batch_seconds <= 0:
+            raise ConfigError("batch_size must be >= 1 and batch_seconds > 0")
+        if self.dedupe_ttl_s < 1:
+            raise ConfigError("dedupe_ttl_s must be >= 1")
+        if self.request_timeout_s <= 0 or self.sweep_interval_s <= 0:
+            raise ConfigError("request_timeout_s and sweep_interval_s must be > 0")
+        if self.request_retention_s < self.request_timeout_s:
+            raise ConfigError("request_retention_s must be >= request_timeout_s")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port {self.metrics_port} out of range")
+        if self.heartbeat_interval_s * 3 > self.session_timeout_s:
+            raise ConfigError("heartbeat_interval_s must be at most a third of session_timeout_s")
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(prefix=self.topic_prefix, partitions=self.partitions)
+
+    @property
+    def batch_policy(self) -> BatchPolicy:
+        return BatchPolicy(max_size=self.batch_size, max_wait_s=self.batch_seconds)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> WorkerConfig:
+        """Read ``NODEMETER_*`` variables; keyword overrides win (None = not given)."""
+        conv: Mapping[str, Callable[[str], Any]] = {
+            "partitions": int,
+            "batch_size": int,
+            "batch_seconds": float,
+            "dedupe_ttl_s": int,
+            "request_timeout_s": float,
+            "request_retention_s": float,
+            "sweep_interval_s": float,
+            "metrics_port": int,
+            "session_timeout_s": float,
+            "heartbeat_interval_s": float,
+            "commit_interval_s": float,
+            "max_event_bytes": int,
+        }
+        values: dict[str, Any] = {
+            "bootstrap": os.environ.get("NODEMETER_KAFKA_BOOTSTRAP", ""),
+            "topic_prefix": _env("TOPIC_PREFIX", ""),
+            "app_id": _env("WORKER_APP_ID", "nodemeter-worker"),
+        }
+        for name, fn in conv.items():
+            raw = os.environ.get(f"NODEMETER_WORKER_{name.upper()}")
+            if raw is not None:
+                try:
+                    values[name] = fn(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"NODEMETER_WORKER_{name.upper()}={raw!r}: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "clickhouse" not in values:
+            values["clickhouse"] = ClickHouseConfig()
+        return cls(**values)
+
+    @classmethod
+    def for_tests(cls, *, bootstrap: str, clickhouse: ClickHouseConfig, **kw: Any) -> WorkerConfig:
+        """Unique app id, short timeouts: a killed worker's partitions come back fast."""
+        base: dict[str, Any] = {
+            "app_id": f"nodemeter-test-{uuid.uuid4().hex[:10]}",
+            "session_timeout_s": 6.0,
+            "heartbeat_interval_s": 1.0,
+            "batch_seconds": 0.3,
+            "sweep_interval_s": 0.5,
+        }
+        base.update(kw)
+        return cls(bootstrap=bootstrap, clickhouse=clickhouse, **base)
+
+
+@dataclass(kw_only=True)
+class Worker:
+    """What agents get at registration: the app and the shared services."""
+
+    config: WorkerConfig
+    app: Any  # faust.App
+    sink: Any  # nodemeter_stream.sink.ClickHouseSink
+    metrics: Any  # nodemeter_stream.metrics.WorkerMetrics
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def faust_app(config: WorkerConfig) -> Any:
+    import faust
+
+    return faust.App(
+        config.app_id,
+        broker=[f"kafka://{b.strip()}" for b in config.bootstrap.split(",")],
+        store="memory://",
+        topic_partitions=config.partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,  # internal changelog topics; source topics via ensure_topics
+        web_enabled=False,
+        broker_session_timeout=config.session_timeout_s,
+        broker_heartbeat_interval=config.heartbeat_interval_s,
+        broker_commit_interval=config.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4096, config.batch_size * 2),
+        table_cleanup_interval=3600.0,
+        producer_acks=-1,
+    )
+
+
+def build_app(config: WorkerConfig, *, sink: Any = None, metrics: Any = None) -> Worker:
+    """The faust.App with every module of ``config.agent_modules`` registered."""
+    from nodemeter_stream.metrics import WorkerMetrics
+    from nodemeter_stream.sink import ClickHouseSink
+
+    worker = Worker(
+        config=config,
+        app=faust_app(config),
+        sink=sink
+        if sink is not None
+        else ClickHouseSink(config.clickhouse, retry_max_s=config.sink_retry_max_s),
+        metrics=metrics if metrics is not None else WorkerMetrics(),
+    )
+    worker.sink.metrics = worker.metrics
+    for name in config.agent_modules:
+        importlib.import_module(name).register(worker)
+    return worker

@@ -1,0 +1,88 @@
+"""Decode and validate one record from the usage topic into a value, never an exception.
+
+``classify`` turns raw bytes plus their source position into either
+:class:`Accepted` (a valid ``UsageEvent`` or ``RequestEnd``) or :class:`DeadLetter`
+(reason code from ``DecodeError.reason`` / ``InvalidUsageError.reason``). A poison
+message is data routed to the dead-letter topic, so the stream never stops for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nodemeter.codec import decode_record
+from nodemeter.errors import DecodeError, InvalidUsageError
+from nodemeter.events import MAX_EVENT_BYTES, Record, validate_record
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Source:
+    """Where a record came from: the identity used for dead letters and insert tokens."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accepted:
+    record: Record
+    source: Source
+    payload: bytes  # the original bytes, forwarded unchanged
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    reason: str
+    detail: str
+    source: Source
+    key: bytes
+    payload: bytes
+    tenant: str = ""
+    event_id: str = ""
+
+
+Classified = Accepted | DeadLetter
+
+
+def classify(
+    payload: bytes | None,
+    *,
+    key: bytes | None,
+    source: Source,
+    max_bytes: int = MAX_EVENT_BYTES,
+) -> Classified:
+    """Decode + validate; every failure becomes a DeadLetter with a reason code."""
+    raw = bytes(payload or b"")
+    k = bytes(key or b"")
+    if payload is None:
+        return DeadLetter(
+            reason="empty", detail="record has no value", source=source, key=k, payload=raw
+        )
+    if len(raw) > max_bytes:
+        return DeadLetter(
+            reason="oversize",
+            detail=f"{len(raw)} bytes; the limit is {max_bytes}",
+            source=source,
+            key=k,
+            payload=raw,
+        )
+    try:
+        record = decode_record(raw)
+    except DecodeError as exc:
+        return DeadLetter(reason=exc.reason, detail=str(exc), source=source, key=k, payload=raw)
+    try:
+        validate_record(record)
+    except InvalidUsageError as exc:
+        return DeadLetter(
+            reason=exc.reason,
+            detail=str(exc),
+            source=source,
+            key=k,
+            payload=raw,
+            tenant=record.tenant if isinstance(record.tenant, str) else "",
+            event_id=record.event_id if isinstance(record.event_id, str) else "",
+        )
+    except (TypeError, ValueError, AttributeError) as exc:  # defensive: odd decoded types
+        return DeadLetter(reason="invalid", detail=repr(exc), source=source, key=k, payload=raw)
+    return Accepted(record=record, source=source, payload=raw)

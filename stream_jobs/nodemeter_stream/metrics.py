@@ -1,0 +1,62 @@
+"""Prometheus metrics of the worker, on a registry of its own (tests build many workers)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter(
+            "nodemeter_events_in", "Records read from the usage topic", registry=r
+        )
+        self.events_stored = Counter(
+            "nodemeter_events_stored", "First-seen valid usage records stored", registry=r
+        )
+        self.duplicates = Counter(
+            "nodemeter_duplicates_dropped",
+            "Records dropped as duplicates of stored ones",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "nodemeter_dead_letters",
+            "Records sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
+        self.request_records = Counter(
+            "nodemeter_request_records",
+            "Request records written",
+            ["kind"],  # complete | incomplete | correction
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "nodemeter_batch_size",
+            "Records per processed batch",
+            buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000),
+            registry=r,
+        )
+        self.sink_latency = Histogram(
+            "nodemeter_sink_latency_seconds",
+            "Time for one acknowledged ClickHouse insert (retries included)",
+            registry=r,
+        )
+        self.sink_retries = Counter(
+            "nodemeter_sink_retries", "Failed ClickHouse insert attempts (retried)", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "nodemeter_consumer_lag",
+            "High-water mark minus the next offset to process",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.open_requests = Gauge(
+            "nodemeter_open_requests", "Requests merged but not yet closed", registry=r
+        )
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics on ``port`` (0 = off)."""
+        if port:
+            start_http_server(port, registry=self.registry)

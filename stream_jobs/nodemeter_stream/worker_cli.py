@@ -1,0 +1,127 @@
+"""``nodemeter worker``: run the stream worker (Faust) until SIGTERM/SIGINT.
+
+ClickHouse is embedded chDB by default (``NODEMETER_CLICKHOUSE_URL`` or ``--url`` for a
+server); Kafka is ``NODEMETER_KAFKA_BOOTSTRAP`` or ``--bootstrap`` (the local dev
+broker is started when neither is given). Logs are JSON lines on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from nodemeter_stream.app import WorkerConfig, build_app
+from nodemeter_stream.store import ClickHouseConfig
+from nodemeter_stream.topics import ensure_topics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--bootstrap", help="Kafka bootstrap servers (default NODEMETER_KAFKA_BOOTSTRAP)")
+    a("--url", help="ClickHouse URL: chdb://PATH (default) or http(s)://...")
+    a("--database", help="ClickHouse database (default NODEMETER_CLICKHOUSE_DATABASE)")
+    a("--topic-prefix", help="prefix for every topic name (default NODEMETER_TOPIC_PREFIX)")
+    a("--app-id", help="Faust app id = consumer group (default nodemeter-worker)")
+    a("--partitions", type=int, help="partitions of the usage topic (default 4)")
+    a("--batch-size", type=int, help="records per ClickHouse batch (default 2000)")
+    a("--batch-seconds", type=float, help="max wait before a partial batch is written (1.0)")
+    a("--dedupe-ttl", type=int, dest="dedupe_ttl_s", help="dedupe TTL in seconds (7 days)")
+    a("--request-timeout", type=float, dest="request_timeout_s", help="seconds (300)")
+    a("--request-retention", type=float, dest="request_retention_s", help="seconds (7 days)")
+    a("--sweep-interval", type=float, dest="sweep_interval_s", help="seconds (5)")
+    a("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
+    a("--session-timeout", type=float, dest="session_timeout_s", help="seconds (30)")
+    a("--heartbeat-interval", type=float, dest="heartbeat_interval_s", help="seconds (3)")
+    a("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    return handler
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    bootstrap = args.bootstrap
+    if not bootstrap:
+        from nodemeter_stream.smoke import bootstrap_servers
+
+        bootstrap = bootstrap_servers()
+    ch_kw = {k: v for k, v in (("url", args.url), ("database", args.database)) if v}
+    return WorkerConfig.from_env(
+        bootstrap=bootstrap,
+        clickhouse=ClickHouseConfig(**ch_kw),
+        topic_prefix=args.topic_prefix,
+        app_id=args.app_id,
+        partitions=args.partitions,
+        batch_size=args.batch_size,
+        batch_seconds=args.batch_seconds,
+        dedupe_ttl_s=args.dedupe_ttl_s,
+        request_timeout_s=args.request_timeout_s,
+        request_retention_s=args.request_retention_s,
+        sweep_interval_s=args.sweep_interval_s,
+        metrics_port=args.metrics_port,
+        session_timeout_s=args.session_timeout_s,
+        heartbeat_interval_s=args.heartbeat_interval_s,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import faust
+
+    cfg = config_from_args(args)
+    ensure_topics(cfg.bootstrap, cfg.topics)
+    worker = build_app(cfg)
+    worker.metrics.serve(cfg.metrics_port)
+    log = logging.getLogger("nodemeter.worker")
+
+    setup_logging(args.log_level)
+
+    @worker.app.task
+    async def json_logs() -> None:
+        # mode's Worker installs its own text handler when it starts; replace it.
+        setup_logging(args.log_level)
+
+    fw = faust.Worker(worker.app, loglevel=args.log_level.upper(), quiet=True)
+    log.info(
+        "worker starting app_id=%s topics=%s clickhouse=%s",
+        cfg.app_id,
+        cfg.topics.usage,
+        cfg.clickhouse.redacted(),
+    )
+    try:
+        fw.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        worker.sink.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nodemeter worker")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
