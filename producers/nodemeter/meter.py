@@ -343,11 +343,23 @@ class Meter:
     # --- internals ----------------------------------------------------------------------
 
     def _default_encoder(self) -> Callable[[Record], bytes]:
-        if self.config.registry_url:
-            from nodemeter.registry import RegistryEncoder
+        if not self.config.registry_url:
+            return encode_record
+        from nodemeter.errors import RegistryError
+        from nodemeter.registry import RegistryEncoder
 
-            return RegistryEncoder(self.config.registry_url).encode
-        return encode_record
+        registry = RegistryEncoder(self.config.registry_url)
+
+        def encode(record: Record) -> bytes:
+            try:
+                return registry.encode(record)
+            except RegistryError as exc:
+                # The record must not be lost to a registry outage: send it in the
+                # default single-object encoding, which decoders tell apart by its magic.
+                self._warn(f"nodemeter: schema registry unavailable, single-object encoding: {exc}")
+                return encode_record(record)
+
+        return encode
 
     def _otel_enabled(self) -> bool:
         if self.config.otel is False:

@@ -1,0 +1,116 @@
+"""Fakes shared by the SDK unit tests (no broker). Imported as ``test_sdk_fakes``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from nodemeter.codec import decode_record
+from nodemeter.events import Record
+from nodemeter.meter import Meter, MeterConfig
+
+
+class FakeKafkaError:
+    def __init__(self, text: str = "Local: Message timed out", *, fatal: bool = False) -> None:
+        self.text, self._fatal = text, fatal
+
+    def fatal(self) -> bool:
+        return self._fatal
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class FakeMessage:
+    def __init__(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self._t, self._k, self._v = topic, key, value
+
+    def topic(self) -> str:
+        return self._t
+
+    def key(self) -> bytes | None:
+        return self._k
+
+    def value(self) -> bytes:
+        return self._v
+
+
+class FakeProducer:
+    """Queues produced messages; poll/flush deliver them, or fail them per ``mode``.
+
+    mode: "ok" (deliver), "fail" (delivery error), "fatal" (fatal error),
+    "buffer" (produce raises BufferError), "down" (list_topics raises).
+    """
+
+    instances: list[FakeProducer] = []
+
+    def __init__(self, conf: dict[str, Any], mode: str = "ok") -> None:
+        self.conf = conf
+        self.mode = mode
+        self.queue: list[tuple[FakeMessage, Callable[..., None]]] = []
+        self.delivered: list[FakeMessage] = []
+        FakeProducer.instances.append(self)
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, on_delivery: Any) -> None:
+        if self.mode == "buffer":
+            raise BufferError("Local: Queue full")
+        self.queue.append((FakeMessage(topic, key, value), on_delivery))
+
+    def _serve(self) -> int:
+        served = 0
+        while self.queue:
+            msg, cb = self.queue.pop(0)
+            if self.mode in ("ok", "down"):
+                self.delivered.append(msg)
+                cb(None, msg)
+            else:
+                cb(FakeKafkaError(fatal=self.mode == "fatal"), msg)
+            served += 1
+        return served
+
+    def poll(self, timeout: float) -> int:
+        return self._serve()
+
+    def flush(self, timeout: float) -> int:
+        self._serve()
+        return 0
+
+    def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
+        for msg, cb in self.queue:
+            cb(FakeKafkaError("Local: Purged in queue"), msg)
+        self.queue.clear()
+
+    def list_topics(self, topic: str | None = None, timeout: float = 1.0) -> Any:
+        if self.mode == "down":
+            raise RuntimeError("all brokers down")
+        return type("Md", (), {"brokers": {1: "b"}})()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+
+def fake_meter(tmp_path: Path, mode: str = "ok", **config: Any) -> tuple[Meter, list[FakeProducer]]:
+    made: list[FakeProducer] = []
+
+    def factory(conf: dict[str, Any]) -> FakeProducer:
+        p = FakeProducer(conf, mode)
+        made.append(p)
+        return p
+
+    cfg = MeterConfig(
+        bootstrap_servers="fake:9092", topic="t.usage", spool_dir=tmp_path / "spool", **config
+    )
+    meter = Meter(cfg, producer_factory=factory, clock=FakeClock(), background=False)  # type: ignore[arg-type]
+    return meter, made
+
+
+def delivered_records(producers: list[FakeProducer]) -> list[Record]:
+    return [decode_record(m.value()) for p in producers for m in p.delivered]

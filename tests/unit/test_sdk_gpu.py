@@ -1,0 +1,105 @@
+"""GPU helpers: exact apportioning (hypothesis), clean degradation without a GPU."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_sdk_fakes import delivered_records, fake_meter
+
+from nodemeter.errors import GpuUnavailableError, InvalidUsageError
+from nodemeter.events import GpuSource
+from nodemeter.gpu import GpuTimer, apportion, gpu_type, nvml_readings
+
+
+@given(
+    st.integers(min_value=0, max_value=10**12),
+    st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=64),
+)
+def test_apportion_sums_exactly_and_is_non_negative(total: int, weights: list[int]) -> None:
+    parts = apportion(total, weights)
+    assert sum(parts) == total
+    assert len(parts) == len(weights)
+    assert all(p >= 0 for p in parts)
+    wsum = sum(weights)
+    for p, w in zip(parts, weights, strict=True):
+        exact = Fraction(total * w, wsum) if wsum else Fraction(total, len(weights))
+        assert abs(p - exact) < 1  # each share is its exact share rounded down or up
+        if wsum and w == 0:
+            assert p == 0
+
+
+def test_apportion_examples() -> None:
+    assert apportion(100, [1, 1, 1]) == [34, 33, 33]  # tie: earlier request gets the extra ms
+    assert apportion(10, [3, 1]) == [8, 2]  # 7.5 / 2.5: ties -> first
+    assert apportion(7, [0, 0]) == [4, 3]  # no weights: even split
+    assert apportion(0, []) == []
+    assert apportion(9, [Decimal("1.5"), Decimal("0.5")]) == [7, 2]
+
+
+@pytest.mark.parametrize(
+    ("total", "weights"), [(-1, [1]), (5, []), (5, [1, -2]), (5, [0.5]), (1.5, [1])]
+)
+def test_apportion_rejects_bad_input(total: object, weights: list) -> None:
+    with pytest.raises(InvalidUsageError):
+        apportion(total, weights)  # type: ignore[arg-type]
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(_has_cuda(), reason="checks the no-GPU path; this machine has CUDA")
+def test_timer_without_cuda_degrades_with_a_clear_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    timer = GpuTimer()
+    assert not timer.available and ("torch" in timer.reason or "CUDA" in timer.reason)
+    meter, producers = fake_meter(tmp_path)
+    with (
+        caplog.at_level(logging.WARNING, logger="nodemeter.gpu"),
+        meter.request(tenant="acme"),
+        meter.node("infer") as span,
+    ):
+        with span.gpu_timer():
+            pass
+        with span.gpu_timer(fallback="wall", gpu_type="cpu-fallback"):
+            sum(range(10000))
+    meter.flush()
+    ev = [r for r in delivered_records(producers) if hasattr(r, "meters")]
+    (only,) = ev  # the timer without fallback recorded nothing
+    assert only.meters.gpu_source == GpuSource.ESTIMATED and only.meters.gpu_ms >= 1
+    assert any("GPU time not measured" in r.message for r in caplog.records)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs torch with a CUDA GPU")
+def test_cuda_timer_measures_gpu_work() -> None:  # pragma: no cover - GPU machines only
+    import torch
+
+    x = torch.randn(4096, 4096, device="cuda")
+    with GpuTimer() as timer:
+        for _ in range(10):
+            x = x @ x / 4096
+    assert timer.available and timer.elapsed_ms >= 1 and timer.source == GpuSource.MEASURED
+
+
+def test_nvml_reports_or_explains() -> None:
+    try:
+        readings = nvml_readings()
+    except GpuUnavailableError as exc:
+        assert "NVML" in str(exc) or "nvidia-ml-py" in str(exc)
+        assert gpu_type() == ""
+    else:
+        assert readings and all(r.memory_total_mib > 0 for r in readings)
+        assert gpu_type() == readings[0].name

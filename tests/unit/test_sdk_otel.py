@@ -1,0 +1,67 @@
+"""OpenTelemetry: GenAI spans become usage events (duck-typed spans, no OTel SDK needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from test_sdk_fakes import delivered_records, fake_meter
+
+from nodemeter.events import Status, event_id_for
+from nodemeter.otel import UsageSpanProcessor, usage_event_from_span
+
+TRACE, SPAN, PARENT = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 0x00F067AA0BA902B7
+
+
+def fake_span(attrs: dict[str, Any], status: str = "UNSET") -> Any:
+    return SimpleNamespace(
+        name="chat gpt-4o",
+        attributes=attrs,
+        context=SimpleNamespace(trace_id=TRACE, span_id=SPAN),
+        parent=SimpleNamespace(span_id=PARENT),
+        status=SimpleNamespace(status_code=SimpleNamespace(name=status)),
+        end_time=1_767_225_600_000_000_000,
+    )
+
+
+GENAI = {
+    "gen_ai.usage.input_tokens": 1200,
+    "gen_ai.usage.output_tokens": 80,
+    "gen_ai.usage.cache_read_input_tokens": 1000,
+    "gen_ai.request.model": "gpt-4o",
+    "gen_ai.system": "openai",
+    "nodemeter.tenant": "acme",
+}
+
+
+def test_span_to_event_counts_cached_tokens_once() -> None:
+    ev = usage_event_from_span(fake_span(GENAI), tenant="acme")
+    assert ev is not None
+    assert ev.request_id == ev.trace_id == f"{TRACE:032x}" and ev.span_id == f"{SPAN:016x}"
+    assert ev.parent_span_id == f"{PARENT:016x}"
+    assert (ev.meters.input_tokens, ev.meters.cached_input_tokens) == (200, 1000)
+    assert ev.model == "gpt-4o" and ev.provider == "openai"
+    assert ev.event_id == event_id_for("acme", ev.request_id, ev.span_id, 0)
+    assert ev.event_time.year == 2026
+
+
+def test_processor_emits_only_genai_spans_with_a_tenant(tmp_path: Path) -> None:
+    meter, producers = fake_meter(tmp_path)
+    proc = UsageSpanProcessor(meter)
+    proc.on_end(fake_span(GENAI, status="ERROR"))
+    proc.on_end(fake_span({"http.method": "GET"}))  # not GenAI: ignored
+    proc.on_end(fake_span({"gen_ai.usage.input_tokens": 5}))  # no tenant: skipped
+    proc.on_end(
+        fake_span(
+            {
+                **GENAI,
+                "gen_ai.usage.input_tokens": -3,
+                "gen_ai.usage.cache_read_input_tokens": 0,
+                "gen_ai.usage.output_tokens": 0,
+            }
+        )
+    )
+    assert proc.force_flush()
+    (ev,) = delivered_records(producers)
+    assert ev.status == Status.ERROR and proc.emitted == 1 and proc.skipped == 1

@@ -1,0 +1,101 @@
+"""Confluent wire format against a FakeSchemaRegistry (a tiny HTTP server speaking the API)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from test_sdk_fakes import FakeClock, fake_meter
+
+from nodemeter.codec import decode_record
+from nodemeter.errors import DecodeError, RegistryError, UnknownSchemaError
+from nodemeter.events import RequestEnd, UsageEvent
+from nodemeter.registry import RegistryClient, RegistryEncoder, decode_confluent
+
+
+class FakeSchemaRegistry(BaseHTTPRequestHandler):
+    schemas: dict[int, str] = {}
+    subjects: dict[str, int] = {}
+
+    def _answer(self, code: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        subject = self.path.split("/")[2]
+        key = subject + body["schema"]
+        if key not in self.subjects:
+            self.subjects[key] = len(self.schemas) + 1
+            self.schemas[self.subjects[key]] = body["schema"]
+        self._answer(200, {"id": self.subjects[key]})
+
+    def do_GET(self) -> None:
+        sid = int(self.path.rsplit("/", 1)[1])
+        if sid not in self.schemas:
+            self._answer(404, {"error_code": 40403, "message": "Schema not found"})
+        else:
+            self._answer(200, {"schema": self.schemas[sid]})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def registry_url() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), FakeSchemaRegistry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_wire_format_round_trip(registry_url: str, tmp_path: Path) -> None:
+    meter, producers = fake_meter(tmp_path, registry_url=registry_url)
+    with meter.request(tenant="acme", request_id="r"), meter.node("n") as s:
+        s.record(input_tokens=3)
+    meter.flush()
+    client = RegistryClient(registry_url)
+    values = [m.value() for m in producers[0].delivered]
+    assert all(v[:1] == b"\x00" for v in values)
+    decoded = [decode_confluent(v, client) for v in values]
+    assert isinstance(decoded[0], UsageEvent) and decoded[0].meters.input_tokens == 3
+    assert isinstance(decoded[1], RequestEnd) and decoded[1].span_count == 1
+    assert int.from_bytes(values[0][1:5], "big") != int.from_bytes(values[1][1:5], "big")
+    with pytest.raises(DecodeError):
+        decode_record(values[0])  # single-object decoder says it is not its format
+
+
+def test_registry_errors_are_typed(registry_url: str) -> None:
+    client = RegistryClient(registry_url)
+    with pytest.raises(UnknownSchemaError):
+        client.schema(999)
+    dead = RegistryEncoder("http://127.0.0.1:9")
+    ev = UsageEvent(
+        event_id="e",
+        tenant="acme",
+        request_id="r",
+        node_id="n",
+        span_id="s",
+        event_time=FakeClock()(),
+    )
+    with pytest.raises(RegistryError):
+        dead.encode(ev)
+    with pytest.raises(RegistryError):
+        RegistryClient("localhost:8081")
+
+
+def test_registry_outage_falls_back_to_single_object_encoding(tmp_path: Path) -> None:
+    meter, producers = fake_meter(tmp_path, registry_url="http://127.0.0.1:9")
+    with meter.request(tenant="acme", request_id="r"), meter.node("n") as s:
+        s.record(api_calls=1)
+    meter.flush()
+    decoded = [decode_record(m.value()) for m in producers[0].delivered]
+    assert [type(r).__name__ for r in decoded] == ["UsageEvent", "RequestEnd"]
