@@ -1,6 +1,7 @@
 -- The most expensive requests of a tenant that started in [start, end), with each
 -- request's cost broken down by node (most expensive node first).
--- Reads request_node_costs (009), aggregated because merges are eventual.
+-- Reads request_node_costs (009), aggregated because merges are eventual. Lines without
+-- a request (credits, adjustments) are left out.
 SELECT
     request_id,
     currency,
@@ -20,7 +21,7 @@ FROM
         min(first_event) AS node_first,
         max(last_event) AS node_last
     FROM request_node_costs
-    WHERE tenant = {tenant:String}
+    WHERE tenant = {tenant:String} AND request_id != ''
     GROUP BY request_id, currency, node_id
 )
 GROUP BY request_id, currency

@@ -1,0 +1,46 @@
+"""``nodemeter rebuild``: refill rollups from the base tables, with progress on stderr.
+
+Stop the worker first: it must not insert while a rollup is rebuilt (with embedded
+chDB it cannot hold the same path anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from nodemeter_stream.analytics import queries
+from nodemeter_stream.analytics.cli_common import add_store_arguments, config_from_args
+from nodemeter_stream.analytics.progress import StderrProgress
+from nodemeter_stream.analytics.rebuild import ROLLUPS, rebuild
+from nodemeter_stream.store import connect
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "tables",
+        nargs="*",
+        metavar="TABLE",
+        help=f"rollups to rebuild (default all: {', '.join(r.table for r in ROLLUPS)})",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the reconciliation run afterwards"
+    )
+    add_store_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    client = connect(config_from_args(args), create_database=False)
+    for r in rebuild(client, args.tables, progress=StderrProgress()):
+        print(
+            f"{r.table}: {r.partitions} partition(s), {r.source_rows:,} base rows -> {r.rows:,} rows"
+        )
+    if args.no_verify:
+        return 0
+    bad = [row for row in queries.run(client, "reconcile").dicts() if not row["ok"]]
+    for row in bad:
+        print(
+            f"MISMATCH {row['tenant']} {row['currency']} {row['check']}: "
+            f"expected {row['expected']}, got {row['actual']}"
+        )
+    print("reconciled: rollups match the base tables" if not bad else f"{len(bad)} mismatch(es)")
+    return 1 if bad else 0

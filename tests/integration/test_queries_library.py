@@ -1,0 +1,160 @@
+"""Every query of sql/queries/ on chDB, on known rows with hand-computed answers
+(see analytics_data.py for the arithmetic)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+from analytics_data import DEC_START, NOV_START, load_known
+
+from nodemeter_stream.analytics import queries
+
+pytestmark = pytest.mark.clickhouse
+
+NOV = {"tenant": "acme", "start": NOV_START, "end": DEC_START}
+
+
+def run(ch: Any, name: str, **params: Any) -> list[tuple[Any, ...]]:
+    return queries.run(ch, name, **params).rows
+
+
+@pytest.fixture
+def known(ch: Any) -> Any:
+    load_known(ch)
+    return ch
+
+
+def test_node_costs(known: Any) -> None:
+    rows = run(known, "node_costs", **NOV)
+    assert rows == [
+        ("qa", "gpu.rerank", "USD", [], D("0.029"), 2),
+        ("qa", "llm.answer", "USD", ["gpt-4o"], D("0.014025"), 6),
+        ("qa", "preprocess", "USD", [], D("0.0001"), 1),
+        ("", "", "USD", [], D("-0.001"), 1),
+    ]
+    assert sum(r[4] for r in rows) == D("0.042125")
+
+
+def test_node_costs_other_tenant_and_period(known: Any) -> None:
+    assert run(known, "node_costs", tenant="globex", start=NOV_START, end=DEC_START) == [
+        ("qa", "llm.answer", "USD", ["claude"], D("5"), 1)
+    ]
+    october = datetime(2026, 10, 1, tzinfo=UTC)
+    assert run(known, "node_costs", tenant="acme", start=october, end=NOV_START) == [
+        ("qa", "llm.answer", "USD", ["gpt-4o"], D("0.3"), 1)
+    ]
+    assert run(known, "node_costs", tenant="nobody", start=NOV_START, end=DEC_START) == []
+
+
+def test_top_requests_with_node_breakdown(known: Any) -> None:
+    rows = run(known, "top_requests", limit=5, **NOV)
+    assert [(r[0], r[2], r[3], r[6]) for r in rows] == [
+        ("r1", "qa", D("0.031625"),
+         [("gpu.rerank", D("0.025")), ("llm.answer", D("0.006525")), ("preprocess", D("0.0001"))]),
+        ("r2", "qa", D("0.0115"), [("llm.answer", D("0.0075")), ("gpu.rerank", D("0.004"))]),
+    ]  # fmt: skip
+    assert rows[0][4].replace(tzinfo=UTC) == datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+    assert rows[0][5].replace(tzinfo=UTC) == datetime(2026, 11, 2, 10, 2, tzinfo=UTC)
+    assert [r[0] for r in run(known, "top_requests", limit=1, **NOV)] == ["r1"]
+
+
+def test_model_meter_daily(known: Any) -> None:
+    rows = run(known, "model_meter_daily", **NOV)
+    d2, d3 = date(2026, 11, 2), date(2026, 11, 3)
+    assert [(r[0], r[1], r[2], r[4], r[5]) for r in rows] == [
+        (d2, "", "cpu_ms", D(100), D("0.0001")),
+        (d2, "", "gpu_ms", D(250), D("0.025")),
+        (d2, "gpt-4o", "cache_write_tokens", D(100), D("0.000375")),
+        (d2, "gpt-4o", "cached_input_tokens", D(500), D("0.00015")),
+        (d2, "gpt-4o", "input_tokens", D(1000), D("0.003")),
+        (d2, "gpt-4o", "output_tokens", D(200), D("0.003")),
+        (d3, "", "credit", D(1), D("-0.001")),
+        (d3, "", "gpu_ms", D(40), D("0.004")),
+        (d3, "gpt-4o", "input_tokens", D(2000), D("0.006")),
+        (d3, "gpt-4o", "output_tokens", D(100), D("0.0015")),
+    ]
+    assert {r[3] for r in rows} == {"USD"}
+
+
+def test_gpu_measured_vs_estimated(known: Any) -> None:
+    # warm-up (non-billable), October and globex rows are excluded
+    assert run(known, "gpu_measured_vs_estimated", **NOV) == [
+        ("gpu.rerank", "H100", 250, 40, 290, 1, 1)
+    ]
+
+
+def test_gpu_counts_a_duplicate_event_once(known: Any) -> None:
+    from analytics_data import insert_events, known_events
+
+    insert_events(known, [r for r in known_events() if r[0] == "e3"])  # a resend
+    assert run(known, "gpu_measured_vs_estimated", **NOV)[0][2] == 250
+
+
+def test_cache_savings(known: Any) -> None:
+    assert run(known, "cache_savings", **NOV) == [
+        # 500 cached tokens: charged 0.00015, at the input price 0.0015; cache writes 0.000375
+        ("gpt-4o", "USD", D(500), D("0.00015"), D("0.0015"), D("0.000375"), D("0.000975"))
+    ]
+
+
+def test_daily_spend_with_running_total(known: Any) -> None:
+    assert run(known, "daily_spend", **NOV) == [
+        (date(2026, 11, 2), "USD", D("0.031625"), 6, D("0.031625")),
+        (date(2026, 11, 3), "USD", D("0.0105"), 4, D("0.042125")),
+    ]
+
+
+def test_cost_over_time_daily_and_hourly(known: Any) -> None:
+    rows = run(known, "cost_over_time", bucket_hours=24, **NOV)
+    n2, n3 = datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)
+    assert [(r[0].replace(tzinfo=UTC), r[1], r[3]) for r in rows] == [
+        (n2, "gpu.rerank", D("0.025")),
+        (n2, "llm.answer", D("0.006525")),
+        (n2, "preprocess", D("0.0001")),
+        (n3, "", D("-0.001")),
+        (n3, "gpu.rerank", D("0.004")),
+        (n3, "llm.answer", D("0.0075")),
+    ]
+    hourly = run(known, "cost_over_time", bucket_hours=1, **NOV)
+    assert sorted({r[0].hour for r in hourly}) == [10, 11, 12]
+    assert sum(r[3] for r in hourly) == D("0.042125")
+
+
+def test_node_edges(known: Any) -> None:
+    assert run(known, "node_edges", **NOV) == [
+        ("qa", "llm.answer", "gpu.rerank", 2),
+        ("qa", "preprocess", "llm.answer", 2),
+        ("qa", "preprocess", "llm.summarize", 1),
+    ]
+
+
+def test_reconcile_all_ok(known: Any) -> None:
+    rows = queries.run(known, "reconcile").dicts()
+    assert all(r["ok"] for r in rows), rows
+    got = {(r["tenant"], r["check"]): r["expected"] for r in rows}
+    assert got[("acme", "amount: priced_lines = cost_hourly")] == D("0.342125")
+    assert got[("acme", "lines: priced_lines = cost_hourly")] == 11
+    assert got[("acme", "events: usage_events = usage_hourly")] == 9
+    assert got[("globex", "amount: priced_lines = request_node_costs")] == D("5")
+    assert len(rows) == 10  # 2 tenants x (4 money checks + 1 event check)
+
+
+# query -> the test above that checks its exact answer
+COVERAGE = {
+    "node_costs": test_node_costs,
+    "top_requests": test_top_requests_with_node_breakdown,
+    "model_meter_daily": test_model_meter_daily,
+    "gpu_measured_vs_estimated": test_gpu_measured_vs_estimated,
+    "cache_savings": test_cache_savings,
+    "daily_spend": test_daily_spend_with_running_total,
+    "cost_over_time": test_cost_over_time_daily_and_hourly,
+    "node_edges": test_node_edges,
+    "reconcile": test_reconcile_all_ok,
+}
+
+
+def test_every_library_query_has_a_known_answer_test() -> None:
+    assert set(queries.names()) == set(COVERAGE)
