@@ -14,7 +14,7 @@ from nodemeter_stream.pricing import PriceBookError, load_config, parse_document
 from nodemeter_stream.pricing.book import ChargeModel
 from nodemeter_stream.pricing.windows import WindowKind
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "pricebooks"
+EXAMPLES = Path(__file__).resolve().parents[2] / "stream_jobs" / "nodemeter_stream" / "pricing" / "examples"
 
 
 def test_example_set_loads_with_three_tenant_plans() -> None:

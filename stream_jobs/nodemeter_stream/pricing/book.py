@@ -37,7 +37,7 @@ from nodemeter_stream.pricing.money import ZERO, parse_price
 from nodemeter_stream.pricing.windows import WindowKind, zone
 
 ANY = "*"
-DEFAULT_THRESHOLDS: tuple[Decimal, ...] = (Decimal(50), Decimal(80), Decimal(100))
+DEFAULT_THRESHOLDS: tuple[int, ...] = (50, 80, 100)
 ENV_PATH = "NODEMETER_PRICEBOOKS"
 
 
@@ -118,7 +118,7 @@ class Budget:
     name: str
     amount: Decimal
     window: WindowKind = WindowKind.MONTH
-    thresholds: tuple[Decimal, ...] = DEFAULT_THRESHOLDS  # percent of amount, ascending
+    thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS  # whole percents of amount, ascending
     workflow: str | None = None  # None: all of the tenant's spend
     hard_limit: bool = False
 
@@ -389,11 +389,11 @@ def _budget(r: _Reader, raw: Any, where: str) -> Budget:
     thresholds = DEFAULT_THRESHOLDS
     if "thresholds" in d:
         items = r.seq(d["thresholds"], f"{where}.thresholds")
-        parsed = [r.price(t, f"{where}.thresholds[{i}]") for i, t in enumerate(items)]
-        if not parsed or any(t <= 0 for t in parsed) or parsed != sorted(set(parsed)):
+        parsed = [r.integer(t, f"{where}.thresholds[{i}]", minimum=1) for i, t in enumerate(items)]
+        if not parsed or parsed != sorted(set(parsed)) or parsed[-1] > 1000:
             raise r.fail(
                 f"{where}.thresholds",
-                "thresholds are ascending positive percents, e.g. [50, 80, 100]",
+                "thresholds are ascending whole percents (1..1000), e.g. [50, 80, 100]",
             )
         thresholds = tuple(parsed)
     hard = d.get("hard_limit", False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,8 +31,8 @@ from nodemeter_stream.pricing.windows import window_for
 OK, WARNING, EXCEEDED = "ok", "warning", "exceeded"
 
 
-def alert_id(tenant: str, budget: str, window_id: str, threshold: Decimal) -> str:
-    raw = f"{tenant}\x1f{budget}\x1f{window_id}\x1f{to_str(threshold.normalize())}".encode()
+def alert_id(tenant: str, budget: str, window_id: str, threshold: int) -> str:
+    raw = f"{tenant}\x1f{budget}\x1f{window_id}\x1f{threshold}".encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
@@ -47,7 +47,7 @@ class BudgetAlert:
     window_id: str
     window_start: datetime
     window_end: datetime
-    threshold_percent: Decimal
+    threshold_percent: int
     budget_amount: Decimal
     spent: Decimal
     currency: str
@@ -57,7 +57,7 @@ class BudgetAlert:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("threshold_percent", "budget_amount", "spent"):
+        for k in ("budget_amount", "spent"):
             d[k] = to_str(d[k])
         for k in ("window_start", "window_end", "crossed_at"):
             d[k] = d[k].isoformat()
@@ -66,7 +66,7 @@ class BudgetAlert:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BudgetAlert:
         out = dict(d)
-        for k in ("threshold_percent", "budget_amount", "spent"):
+        for k in ("budget_amount", "spent"):
             out[k] = from_str(out[k])
         for k in ("window_start", "window_end", "crossed_at"):
             out[k] = datetime.fromisoformat(out[k])
@@ -86,11 +86,13 @@ def apply_lines(
     currency: str,
     state: dict[str, dict[str, Any]],
     lines: Iterable[PricedLine],
+    touched: set[str] | None = None,
 ) -> list[BudgetAlert]:
     """Add ``lines`` to the budget spend in ``state`` (mutated) and return new alerts.
 
-    ``state`` maps ``"<budget>|<window_id>"`` to ``{"spent", "fired", "start", "end"}``.
-    Lines are applied one at a time, so the alert names the line that crossed.
+    ``state`` maps ``"<budget>|<window_id>"`` to ``{"spent", "fired", "events", "start",
+    "end"}``; the keys changed are added to ``touched``. Lines are applied one at a
+    time, so the alert names the line that crossed.
     """
     alerts: list[BudgetAlert] = []
     for line in lines:
@@ -106,18 +108,25 @@ def apply_lines(
                 {
                     "spent": "0",
                     "fired": [],
+                    "events": 0,
+                    "last_event": "",
                     "start": win.start.isoformat(),
                     "end": win.end.isoformat(),
                 },
             )
+            if touched is not None:
+                touched.add(key)
+            if line.event_id and line.event_id != entry["last_event"]:
+                # an event's lines are contiguous: count each contributing event once
+                entry["events"] += 1
+                entry["last_event"] = line.event_id
             with exact():
                 spent = from_str(entry["spent"]) + line.amount
                 entry["spent"] = to_str(spent)
                 for t in budget.thresholds:
-                    tkey = to_str(t.normalize())
-                    if tkey in entry["fired"] or spent * 100 < t * budget.amount:
+                    if t in entry["fired"] or spent * 100 < t * budget.amount:
                         continue
-                    entry["fired"].append(tkey)
+                    entry["fired"].append(t)
                     alerts.append(
                         BudgetAlert(
                             alert_id=alert_id(plan.tenant, budget.name, win.window_id, t),
@@ -144,66 +153,85 @@ def percent(spent: Decimal, amount: Decimal) -> Decimal:
     return (spent * 100 / amount).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
 
 
-def status_record(
+def status_of(budget: Budget, spent: Decimal) -> str:
+    below_100 = [t for t in budget.thresholds if t < 100]
+    if spent >= budget.amount:
+        return EXCEEDED
+    if below_100 and spent * 100 >= below_100[0] * budget.amount:
+        return WARNING
+    return OK
+
+
+def state_key(tenant: str, budget: str, window_start: datetime) -> bytes:
+    """Key of the compacted budget-state topic: ``tenant/budget/window start (UTC ISO)``."""
+    return f"{tenant}/{budget}/{window_start.astimezone(UTC).isoformat()}".encode()
+
+
+def state_records(
     *,
     plan: TenantPlan,
     tz: ZoneInfo,
     currency: str,
     state: Mapping[str, Mapping[str, Any]],
     as_of: datetime,
-) -> dict[str, Any]:
-    """The compacted budget-state record for a tenant: each budget in the window holding
-    ``as_of`` (the tenant's latest event time).
-
-    Format (also ``schemas/budget_state.v1.avsc``): ``{tenant, currency, as_of,
-    budgets: [{budget, workflow, window_id, window_start, window_end, amount, spent,
-    percent, status, hard_limit}]}``; money as decimal strings.
-    """
-    out: list[dict[str, Any]] = []
+    keys: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Budget-state records (``schemas/budget_state.v2.avsc`` shape, Decimals and aware
+    datetimes): every budget in the window holding ``as_of`` (the tenant's latest event
+    time, spend 0 when nothing was spent yet) plus the ``"<budget>|<window_id>"`` entries
+    named in ``keys`` (windows whose spend just changed)."""
+    wanted: dict[tuple[str, str], tuple[Budget, datetime, datetime]] = {}
+    by_name = {b.name: b for b in plan.budgets}
     for budget in plan.budgets:
         win = window_for(as_of, budget.window, tz)
-        entry = state.get(f"{budget.name}|{win.window_id}")
+        wanted[(budget.name, win.window_id)] = (budget, win.start, win.end)
+    for key in keys:
+        name, _, window_id = key.partition("|")
+        entry = state.get(key)
+        if name in by_name and entry is not None:
+            start, end = (
+                datetime.fromisoformat(entry["start"]),
+                datetime.fromisoformat(entry["end"]),
+            )
+            wanted[(name, window_id)] = (by_name[name], start, end)
+    out: list[dict[str, Any]] = []
+    for (name, window_id), (budget, start, end) in sorted(wanted.items()):
+        entry = state.get(f"{name}|{window_id}")
         spent = from_str(entry["spent"]) if entry else ZERO
-        pct = percent(spent, budget.amount)
-        below_100 = [t for t in budget.thresholds if t < 100]
-        if spent >= budget.amount:
-            status = EXCEEDED
-        elif below_100 and spent * 100 >= below_100[0] * budget.amount:
-            status = WARNING
-        else:
-            status = OK
+        fired = [int(t) for t in entry["fired"]] if entry else []
         out.append(
             {
-                "budget": budget.name,
+                "tenant": plan.tenant,
+                "budget_id": name,
+                "window_start": start,
+                "window_end": end,
+                "currency": currency,
+                "limit_amount": budget.amount,
+                "spend_amount": spent,
+                "alerted_threshold_pct": max(fired, default=0),
+                "event_count": int(entry["events"]) if entry else 0,
+                "updated_at": as_of,
+                "window_id": window_id,
                 "workflow": budget.workflow or "",
-                "window_id": win.window_id,
-                "window_start": win.start.isoformat(),
-                "window_end": win.end.isoformat(),
-                "amount": to_str(budget.amount),
-                "spent": to_str(spent),
-                "percent": to_str(pct),
-                "status": status,
+                "status": status_of(budget, spent),
                 "hard_limit": budget.hard_limit,
             }
         )
-    return {"tenant": plan.tenant, "currency": currency, "as_of": as_of.isoformat(), "budgets": out}
+    return out
 
 
 def is_blocked(
-    record: Mapping[str, Any], *, workflow: str | None = None, now: datetime | None = None
+    records: Iterable[Mapping[str, Any]], *, workflow: str | None = None, now: datetime
 ) -> bool:
-    """True when a hard-limit budget that applies (tenant-wide, or this workflow's) is
-    exceeded in its current window. ``now`` (aware) ignores stale windows that ended."""
-    for b in record.get("budgets", []):
-        if not b.get("hard_limit") or b.get("status") != EXCEEDED:
+    """The SDK's pre-flight check on budget-state records (as decoded from the compacted
+    topic): True when a hard-limit budget that applies (tenant-wide, or this workflow's)
+    is exceeded in a window that holds ``now``."""
+    for r in records:
+        if not r.get("hard_limit") or r.get("spend_amount", ZERO) < r.get("limit_amount", ZERO):
             continue
-        if b.get("workflow") and b["workflow"] != workflow:
+        if r.get("workflow") and r["workflow"] != workflow:
             continue
-        if (
-            now is not None
-            and b.get("window_end")
-            and datetime.fromisoformat(b["window_end"]) <= now
-        ):
+        if not r["window_start"] <= now < r["window_end"]:
             continue
         return True
     return False

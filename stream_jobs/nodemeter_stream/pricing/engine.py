@@ -25,9 +25,9 @@ Non-billable events (``billable=False``) produce no lines; they are recorded as 
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -52,7 +52,7 @@ class Outcome:
     lines: list[PricedLine] = field(default_factory=list)
     alerts: list[BudgetAlert] = field(default_factory=list)
     duplicate: bool = False
-    budget_state: dict[str, Any] | None = None
+    budget_keys: set[str] = field(default_factory=set)  # budget windows whose spend changed
 
 
 def new_state(tenant: str) -> dict[str, Any]:
@@ -130,14 +130,15 @@ class PricingEngine:
         state["watermark"] = new_wm.isoformat()
         lines += self._close_due(state, plan, new_wm)
         self._drop_old(state, seen, new_wm)
-        alerts = self._budgets(state, plan, lines)
+        touched: set[str] = set()
+        alerts = self._budgets(state, plan, lines, touched)
         seen[key] = {
             "tenant": event.tenant,
             "window": win.window_id,
             "lines": [ln.to_dict() for ln in lines],
             "alerts": [a.to_dict() for a in alerts],
         }
-        return Outcome(lines=lines, alerts=alerts, budget_state=self.budget_state(state, plan))
+        return Outcome(lines=lines, alerts=alerts, budget_keys=touched)
 
     def close_all(self, state: dict[str, Any]) -> Outcome:
         """Settle every open window now (end of a replay, tests, an operator's close)."""
@@ -148,18 +149,25 @@ class PricingEngine:
             if not ws["closed"] or ws["dirty"]:
                 ws["closed"], ws["dirty"] = True, False
                 lines += self._settle(state, plan, wid, ws)
-        alerts = self._budgets(state, plan, lines)
-        return Outcome(lines=lines, alerts=alerts, budget_state=self.budget_state(state, plan))
+        touched: set[str] = set()
+        alerts = self._budgets(state, plan, lines, touched)
+        return Outcome(lines=lines, alerts=alerts, budget_keys=touched)
 
-    def budget_state(self, state: dict[str, Any], plan: TenantPlan | None = None) -> dict[str, Any]:
-        plan = plan or self.config.plan_for(state["tenant"])
+    def budget_records(
+        self, state: dict[str, Any], keys: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Budget-state records of the tenant: current windows plus the ``keys`` given."""
+        plan = self.config.plan_for(state["tenant"])
         wm = self._watermark(state)
-        return budget_rules.status_record(
+        if wm is None:
+            return []
+        return budget_rules.state_records(
             plan=plan,
             tz=self.tz(plan),
             currency=self.currency(plan),
             state=state["budgets"],
-            as_of=wm if wm is not None else datetime.fromtimestamp(0, UTC),
+            as_of=wm,
+            keys=keys,
         )
 
     # --- pricing -----------------------------------------------------------------
@@ -428,7 +436,7 @@ class PricingEngine:
             del state["budgets"][bkey]
 
     def _budgets(
-        self, state: dict[str, Any], plan: TenantPlan, lines: list[PricedLine]
+        self, state: dict[str, Any], plan: TenantPlan, lines: list[PricedLine], touched: set[str]
     ) -> list[BudgetAlert]:
         return budget_rules.apply_lines(
             plan=plan,
@@ -436,4 +444,5 @@ class PricingEngine:
             currency=self.currency(plan),
             state=state["budgets"],
             lines=lines,
+            touched=touched,
         )

@@ -1,0 +1,194 @@
+"""Agent ``price_usage``: usage-by-tenant topic -> priced lines, budget alerts, budget state.
+
+Per batch (``noack_take``, concurrency 1; the topic is keyed by tenant, so one agent
+sees all of a tenant's events in order):
+
+1. price the batch against the recovered state (``pricing.batch.price_batch``, pure);
+2. write priced_lines and budget_alerts to ClickHouse (tokens from the offsets; ids
+   are deterministic, so a replay collapses in the ReplacingMergeTree tables);
+3. store tenant states and per-event records in changelog tables;
+4. send new budget alerts (then mark them sent) and budget-state records; records the
+   worker could not price go to the dead-letter topic and table;
+5. ack the batch.
+
+Configuration (environment): ``NODEMETER_PRICEBOOKS`` (file or directory; default the
+example set shipped in ``nodemeter_stream/pricing/examples``),
+``NODEMETER_PRICING_GRACE_S`` (3600) and ``NODEMETER_PRICING_RETENTION_S`` (40 days).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
+
+from nodemeter.codec import encode_payload
+from nodemeter_stream.agents.tables import ChangelogMap
+from nodemeter_stream.app import Worker
+from nodemeter_stream.core.batch import offsets_token
+from nodemeter_stream.core.rows import DEAD_LETTER_COLUMNS, dead_letter_row
+from nodemeter_stream.core.validate import DeadLetter, Source
+from nodemeter_stream.pricing import PricingEngine, load_config
+from nodemeter_stream.pricing.batch import BatchResult, Item, Rejected, price_batch
+from nodemeter_stream.pricing.lines import PRICED_LINE_COLUMNS
+from nodemeter_stream.pricing.records import (
+    BUDGET_ALERT_COLUMNS,
+    PRICE_BOOK_COLUMNS,
+    alert_row,
+    encode_alert,
+    encode_budget_state,
+    price_book_rows,
+    price_book_token,
+)
+from nodemeter_stream.sink import Block, ack_all
+
+log = logging.getLogger("nodemeter.pricing")
+EXAMPLES = Path(__file__).resolve().parents[1] / "pricing" / "examples"
+
+
+def engine_from_env() -> PricingEngine:
+    path = os.environ.get("NODEMETER_PRICEBOOKS") or str(EXAMPLES)
+    if "NODEMETER_PRICEBOOKS" not in os.environ:
+        log.warning(
+            "NODEMETER_PRICEBOOKS not set: pricing with the example price books in %s", path
+        )
+    grace = float(os.environ.get("NODEMETER_PRICING_GRACE_S", "3600"))
+    retention = float(os.environ.get("NODEMETER_PRICING_RETENTION_S", str(40 * 86400)))
+    return PricingEngine(
+        load_config(path), grace=timedelta(seconds=grace), retention=timedelta(seconds=retention)
+    )
+
+
+class Pricing:
+    def __init__(self, worker: Worker, engine: PricingEngine) -> None:
+        self.worker, self.engine, self.sink = worker, engine, worker.sink
+        app, cfg, topics = worker.app, worker.config, worker.config.topics
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.source = app.topic(topics.usage_by_tenant, **raw)
+        self.alerts_topic = app.topic(topics.budget_alerts, **raw)
+        self.state_topic = app.topic(topics.budget_state, **raw)
+        self.dlq = app.topic(topics.dlq, **raw)
+        table = {"partitions": cfg.partitions, "value_serializer": "json"}
+        self.tenants = ChangelogMap(app.Table("pricing-tenant-state", **table))
+        self.seen = ChangelogMap(app.Table("pricing-priced-events", **table))
+        r = worker.metrics.registry
+        self.m_lines = Counter("nodemeter_priced_lines", "Priced lines written", registry=r)
+        self.m_alerts = Counter("nodemeter_budget_alerts", "Budget alerts sent", registry=r)
+        self.m_events = Counter(
+            "nodemeter_priced_events", "Usage events priced", ["kind"], registry=r
+        )
+
+    async def write_price_books(self) -> None:
+        rows = price_book_rows(self.engine.config)
+        await self.sink.write(
+            [
+                Block(
+                    table="price_book_rates",
+                    columns=PRICE_BOOK_COLUMNS,
+                    rows=rows,
+                    token=price_book_token(rows),
+                )
+            ]
+        )
+
+    async def process(self, events: list[Any]) -> BatchResult:
+        items = [
+            Item(
+                e.message.topic, e.message.partition, e.message.offset, e.key or b"", e.value or b""
+            )
+            for e in events
+        ]
+        sources = [Source(topic=i.topic, partition=i.partition, offset=i.offset) for i in items]
+        res = price_batch(
+            self.engine,
+            items,
+            get_state=self.tenants.get,
+            get_seen=self.seen.get,
+            seen_items=self.seen.items,
+        )
+        dead = [self.dead_letter(r) for r in res.rejected]
+        await self.sink.write(
+            [
+                Block(table="priced_lines", columns=PRICED_LINE_COLUMNS,
+                      rows=[ln.row() for ln in res.lines], token=offsets_token("priced_lines", sources)),
+                Block(table="budget_alerts", columns=BUDGET_ALERT_COLUMNS,
+                      rows=[alert_row(a) for a in res.alerts], token=offsets_token("budget_alerts", sources)),
+                Block(table="dead_letters", columns=DEAD_LETTER_COLUMNS,
+                      rows=[dead_letter_row(d) for d in dead], token=offsets_token("pricing_dead_letters", sources)),
+            ]
+        )  # fmt: skip
+        for tenant, (partition, state) in res.states.items():
+            self.tenants.put(tenant, state, partition=partition)
+        for key, (partition, value) in res.seen.items():
+            if value is None:
+                self.seen.delete(key, partition=partition)
+            else:
+                self.seen.put(key, value, partition=partition)
+        for d in dead:
+            await self.send_dead_letter(d)
+        marked: dict[str, int] = {}
+        for key, partition, alert in res.to_send:
+            k, v = encode_alert(alert)
+            delivered = await self.alerts_topic.send(key=k, value=v)
+            await delivered  # on the broker before we record it as sent
+            marked[key] = partition
+        for key, partition in marked.items():
+            # sent: a redelivery of these events need not send them again
+            rec = self.seen.get(key)
+            if rec is not None:
+                self.seen.put(key, {**rec, "alerts_sent": True}, partition=partition)
+        for record in res.budget_records:
+            k, v = encode_budget_state(record)
+            await self.state_topic.send(key=k, value=v)
+        self.m_lines.inc(len(res.lines))
+        self.m_alerts.inc(len(res.to_send))
+        self.m_events.labels(kind="priced").inc(res.priced)
+        self.m_events.labels(kind="duplicate").inc(res.duplicates)
+        self.m_events.labels(kind="rejected").inc(len(res.rejected))
+        return res
+
+    def dead_letter(self, r: Rejected) -> DeadLetter:
+        src = Source(topic=r.item.topic, partition=r.item.partition, offset=r.item.offset)
+        return DeadLetter(
+            reason=r.reason, detail=r.detail, source=src, key=r.item.key, payload=r.item.value,
+            tenant=r.tenant, event_id=r.event_id,
+        )  # fmt: skip
+
+    async def send_dead_letter(self, d: DeadLetter) -> None:
+        value = encode_payload(
+            "dead_letter",
+            {
+                "source_topic": d.source.topic, "source_partition": d.source.partition,
+                "source_offset": d.source.offset, "reason": d.reason, "detail": d.detail[:2000],
+                "tenant": d.tenant, "event_id": d.event_id or None, "record_key": d.key or None,
+                "payload": d.payload, "received_at": datetime.now(UTC), "attributes": {"stage": "pricing"},
+            },
+        )  # fmt: skip
+        headers = [("reason", d.reason.encode()), ("stage", b"pricing")]
+        await self.dlq.send(key=d.key or None, value=value, headers=headers)
+
+
+def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
+    """Add the ``price_usage`` agent to the worker's app."""
+    pricing = Pricing(worker, engine or engine_from_env())
+    app, policy = worker.app, worker.config.batch_policy
+    worker.extras["pricing"] = pricing
+
+    @app.task
+    async def record_price_books() -> None:
+        await pricing.write_price_books()
+
+    @app.agent(pricing.source, concurrency=1, name="price_usage")
+    async def price_usage(stream: Any) -> None:
+        async for events in stream.noack_take(policy.max_size, within=policy.max_wait_s):
+            # Shielded: a SIGTERM lets the batch in flight finish and be acknowledged.
+            await asyncio.shield(pricing.process(events))
+            await ack_all(stream, events)
+
+    worker.extras["pricing_agent"] = price_usage
+    return pricing
