@@ -3,8 +3,9 @@
 A request's state is the *set* of its usage events (keyed by event_id) plus its end
 record, so any interleaving or duplication of the same records gives the same state
 and the same record. A request is complete when the end record arrived and the number
-of distinct ``span_id`` values among its usage events reaches the end record's
-``span_count``; a timeout closes it as incomplete.
+of distinct usage events merged reaches the end record's ``span_count`` (the SDK
+counts every usage event the request emitted, across all branches); a timeout closes
+it as incomplete.
 
 Records are versioned by ``revision`` = the number of distinct records merged (usage
 events + end). A record is written when the request completes or times out; a record
@@ -119,7 +120,9 @@ class RequestState:
 
     @property
     def complete(self) -> bool:
-        return self.end is not None and self.spans_seen >= self.end.span_count
+        # span_count is what the SDK counted: the usage events the request emitted
+        # (one per span unless a span emits several sequences).
+        return self.end is not None and len(self.parts) >= self.end.span_count
 
     def has(self, event_id: str) -> bool:
         return event_id in self.parts or (self.end is not None and self.end.event_id == event_id)

@@ -1,0 +1,150 @@
+"""Batch planning and insert tokens (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from nodemeter.codec import encode_record
+from nodemeter.events import Meters, RequestEnd, UsageEvent, event_id_for, request_end_id
+from nodemeter_stream.core.batch import (
+    BatchPlan,
+    BatchPolicy,
+    content_token,
+    offsets_token,
+    plan_batch,
+    plan_sweep,
+)
+from nodemeter_stream.core.merge import RequestState
+from nodemeter_stream.core.validate import Classified, Source, classify
+
+T = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def ev(req: str, span: str, tokens: int = 1) -> UsageEvent:
+    return UsageEvent(
+        event_id=event_id_for("acme", req, span, 0),
+        tenant="acme",
+        request_id=req,
+        node_id="llm",
+        span_id=span,
+        event_time=T,
+        meters=Meters(input_tokens=tokens),
+    )
+
+
+def end(req: str, n: int) -> RequestEnd:
+    return RequestEnd(
+        event_id=request_end_id("acme", req),
+        tenant="acme",
+        request_id=req,
+        root_span_id="root",
+        span_count=n,
+        event_time=T,
+    )
+
+
+def items(raws: list[bytes], *, partition: int = 0, start: int = 0) -> list[Classified]:
+    return [
+        classify(r, key=b"k", source=Source(topic="u", partition=partition, offset=start + i))
+        for i, r in enumerate(raws)
+    ]
+
+
+class FakeStore:
+    """Stands in for the state tables: marks and states applied after a 'write'."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.states: dict[str, RequestState] = {}
+
+    def commit(self, plan: BatchPlan) -> None:
+        self.seen.update(a.record.event_id for a in plan.fresh)
+        self.states.update(plan.states)
+
+    def plan(self, batch: list[Classified], now_ms: int = 1000, timeout_s: float = 60) -> BatchPlan:
+        return plan_batch(
+            batch,
+            is_seen=self.seen.__contains__,
+            get_state=self.states.get,
+            now_ms=now_ms,
+            timeout_s=timeout_s,
+        )
+
+
+def test_plan_splits_dead_letters_fresh_and_duplicates_and_closes_complete_requests() -> None:
+    store = FakeStore()
+    raws = [
+        encode_record(ev("r1", "a")),
+        b"junk",
+        encode_record(ev("r1", "a")),
+        encode_record(end("r1", 1)),
+    ]
+    plan = store.plan(items(raws))
+    assert [d.reason for d in plan.dead_letters] == ["truncated"]
+    assert len(plan.fresh) == 2 and len(plan.duplicates) == 1
+    (emission,) = plan.emissions
+    assert emission.record.complete and emission.record.quantities["input_tokens"] == 1
+
+
+def test_replay_after_a_crash_before_marks_were_stored_gives_the_same_plan() -> None:
+    store = FakeStore()
+    batch = items([encode_record(ev("r1", "a")), encode_record(ev("r1", "b"))])
+    first = store.plan(batch)
+    # crash: ClickHouse has the rows, the tables do not -> the replay plans the same rows
+    again = store.plan(batch)
+    assert [a.record.event_id for a in again.fresh] == [a.record.event_id for a in first.fresh]
+    store.commit(again)
+    # replay after the marks were stored: nothing fresh, nothing new to merge
+    after = store.plan(batch)
+    assert after.fresh == [] and len(after.duplicates) == 2
+    assert after.states == {}
+
+
+def test_stored_duplicate_missing_from_a_live_state_is_merged_again() -> None:
+    store = FakeStore()
+    a, b = ev("r1", "a", 3), ev("r1", "b", 4)
+    store.commit(store.plan(items([encode_record(a)])))
+    # marks for b survived a crash, the state update did not
+    store.seen.add(b.event_id)
+    plan = store.plan(items([encode_record(b), encode_record(end("r1", 2))]))
+    (emission,) = plan.emissions
+    assert emission.record.quantities["input_tokens"] == 7
+    assert plan.fresh and all(x.record.event_id != b.event_id for x in plan.fresh)
+
+
+def test_sweep_times_out_open_requests_and_purges_old_closed_ones() -> None:
+    store = FakeStore()
+    store.commit(store.plan(items([encode_record(ev("r1", "a"))]), now_ms=1000))
+    store.commit(
+        store.plan(items([encode_record(ev("r2", "a")), encode_record(end("r2", 1))]), now_ms=1000)
+    )
+    sweep = plan_sweep(store.states.values(), now_ms=62_000, timeout_s=60, retention_s=120)
+    assert [e.record.request_id for e in sweep.emissions] == ["r1"]
+    assert not sweep.emissions[0].record.complete
+    later = plan_sweep(store.states.values(), now_ms=1000 + 121_000, timeout_s=60, retention_s=120)
+    assert [s.request_id for s in later.purge] == ["r2"]
+
+
+def test_offsets_token_names_the_offsets_it_covers() -> None:
+    srcs = [Source(topic="u", partition=p, offset=o) for p, o in [(1, 7), (0, 3), (1, 5), (0, 4)]]
+    assert offsets_token("usage_events", srcs) == "usage_events:u:0:3-4,u:1:5-7"
+    assert offsets_token("usage_events", list(reversed(srcs))) == offsets_token(
+        "usage_events", srcs
+    )
+    assert (
+        content_token("t", ["b", "a"])
+        == content_token("t", ["a", "b"])
+        != content_token("t", ["a"])
+    )
+
+
+def test_batch_policy() -> None:
+    p = BatchPolicy(max_size=3, max_wait_s=0.5)
+    assert p.should_flush(size=3, age_s=0)
+    assert not p.should_flush(size=2, age_s=0.1)
+    assert p.should_flush(size=1, age_s=0.5)
+    assert not p.should_flush(size=0, age_s=9)
+    with pytest.raises(ValueError):
+        BatchPolicy(max_size=0)
