@@ -119,7 +119,8 @@ async def put_all(agent: Any, sink: FakeSink, messages: list[tuple[bytes, bytes]
 def test_agent_routes_stores_dedupes_and_merges(wired: Any) -> None:
     worker, sink, ingest = wired
     agent = worker.extras["ingest_agent"]
-    msgs = [(b"acme/r1", encode_record(r)) for r in [ev("a", 3), ev("b", 4), ev("a", 3), end(2)]]
+    records: list[UsageEvent | RequestEnd] = [ev("a", 3), ev("b", 4), ev("a", 3), end(2)]
+    msgs = [(b"acme/r1", encode_record(r)) for r in records]
     msgs.append((b"x", b"\xc3\x01bad"))
     asyncio.run(put_all(agent, sink, msgs))
     usage = sink.rows("usage_events")
