@@ -60,8 +60,9 @@ def layers(nodes: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:
 
 
 def graph_svg(report: Report) -> str:
-    costs = report.node_totals()
-    edges = sorted({(e.parent or UNATTRIBUTED, e.node or UNATTRIBUTED) for e in report.edges})
+    # money not tied to a node (credits, adjustments) is in the table, not the graph
+    costs = {n: c for n, c in report.node_totals().items() if n != UNATTRIBUTED}
+    edges = sorted({(e.parent, e.node) for e in report.edges if e.parent and e.node})
     names = sorted(set(costs) | {n for e in edges for n in e})
     if not names:
         return '<p class="empty">no nodes in this period</p>'
@@ -80,7 +81,7 @@ def graph_svg(report: Report) -> str:
             pos[n] = (Decimal(pad + col_w * d), Decimal(pad) + offset + row_h * i)
     radius = {}
     for n in names:
-        ratio = costs.get(n, Decimal(0)) / top if top > 0 else Decimal(0)
+        ratio = max(costs.get(n, Decimal(0)), Decimal(0)) / top if top > 0 else Decimal(0)
         radius[n] = r_min + (r_max - r_min) * ratio.sqrt()  # area grows with cost
     out = [
         f'<svg class="graph" xmlns="http://www.w3.org/2000/svg" width="{width}" '
@@ -136,15 +137,18 @@ def buckets(report: Report) -> list[datetime]:
 
 def chart_svg(report: Report) -> str:
     cur = report.currency
-    costs = report.node_totals(cur)
+    # stacked bars show positive cost; credits (negative) are in the table
+    costs = {n: c for n, c in report.node_totals(cur).items() if c > 0}
     ranked = sorted(costs, key=lambda n: (-costs[n], n))
     shown = ranked[:MAX_SERIES]
     per: dict[datetime, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for p in report.series:
         if p.currency != cur:
             continue
-        key = (p.node_id or UNATTRIBUTED) if (p.node_id or UNATTRIBUTED) in shown else "other"
-        per[p.bucket][key] += p.amount
+        name = p.node_id or UNATTRIBUTED
+        if name not in costs:
+            continue
+        per[p.bucket][name if name in shown else "other"] += p.amount
     times = buckets(report)
     if not times or not per:
         return '<p class="empty">no cost in this period</p>'
