@@ -141,6 +141,11 @@ class UsageSpanProcessor:
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         return None
 
+    def _on_ending(self, span: Any) -> None:
+        # Called by opentelemetry-sdk >= 1.3x before on_end; duck typing keeps the
+        # SDK an optional import, so this hook must exist here too.
+        return None
+
     def on_end(self, span: Any) -> None:
         try:
             attrs = span.attributes or {}

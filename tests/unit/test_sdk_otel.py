@@ -65,3 +65,51 @@ def test_processor_emits_only_genai_spans_with_a_tenant(tmp_path: Path) -> None:
     assert proc.force_flush()
     (ev,) = delivered_records(producers)
     assert ev.status == Status.ERROR and proc.emitted == 1 and proc.skipped == 1
+
+
+def test_real_otel_trace_id_becomes_request_id_and_usage_lands_on_the_span(
+    tmp_path: Path,
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    meter, producers = fake_meter(tmp_path)
+    assert meter.otel_enabled
+    with tracer.start_as_current_span("handle") as outer, meter.request(tenant="acme") as root:
+        trace_id = f"{outer.get_span_context().trace_id:032x}"
+        with tracer.start_as_current_span("chat"), meter.node("answer", model="gpt-4o") as span:
+            span.record(input_tokens=30, cached_input_tokens=70, output_tokens=5)
+    meter.flush()
+    assert root.request.request_id == trace_id
+    (ev, end) = delivered_records(producers)
+    assert ev.request_id == end.request_id == ev.trace_id == trace_id
+    chat = next(s for s in exporter.get_finished_spans() if s.name == "chat")
+    assert chat.attributes["gen_ai.usage.input_tokens"] == 100  # OTel counts cached inside input
+    assert chat.attributes["gen_ai.usage.cache_read_input_tokens"] == 70
+    assert chat.attributes["gen_ai.usage.output_tokens"] == 5
+
+
+def test_real_otel_span_processor(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    meter, producers = fake_meter(tmp_path)
+    provider = TracerProvider()
+    provider.add_span_processor(UsageSpanProcessor(meter, default_tenant="acme"))
+    tracer = provider.get_tracer("genai")
+    with tracer.start_as_current_span("chat claude") as s:
+        s.set_attribute("gen_ai.provider.name", "anthropic")
+        s.set_attribute("gen_ai.request.model", "claude-sonnet-4-5")
+        s.set_attribute("gen_ai.usage.input_tokens", 12)
+        s.set_attribute("gen_ai.usage.output_tokens", 3)
+        ctx = s.get_span_context()
+    provider.force_flush()
+    (ev,) = delivered_records(producers)
+    assert ev.request_id == f"{ctx.trace_id:032x}" and ev.span_id == f"{ctx.span_id:016x}"
+    assert (
+        ev.provider == "anthropic" and ev.meters.input_tokens == 12 and ev.node_id == "chat claude"
+    )

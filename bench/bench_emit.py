@@ -1,0 +1,193 @@
+"""Emit overhead of the SDK against raw confluent-kafka ``produce()``, in one run.
+
+    .venv/bin/python bench/bench_emit.py [--events 100000] [--spans 20000] [--all-cores]
+
+Uses ``NODEMETER_KAFKA_BOOTSTRAP`` if set, else starts a private local broker
+(Kafka 4.4, KRaft) on free ports and stops it afterwards. By default the process
+is pinned to one CPU core (librdkafka's threads included) so the figures are
+"per core". Prints:
+
+- raw: ``produce()`` of the very same encoded bytes and keys, same producer
+  settings (idempotent, acks=all, lz4, linger 5 ms), without and with a
+  per-message delivery callback (the SDK needs one to spool failures);
+- sdk emit: ``Meter.emit(UsageEvent)``: validation + encoding + produce + callback;
+- sdk span: ``with meter.node(...) as s: s.record(...)`` inside a request,
+  median and p99 microseconds per span (one usage record each).
+Rates include waiting for every delivery (flush) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from nodemeter.codec import encode_record, record_key
+from nodemeter.events import Meters, UsageEvent, event_id_for, utcnow
+from nodemeter.meter import Meter, MeterConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_events(n: int) -> list[UsageEvent]:
+    now = utcnow()
+    return [
+        UsageEvent(
+            event_id=event_id_for("acme", f"req-{i // 8}", f"span-{i % 8}", 0),
+            tenant="acme",
+            request_id=f"req-{i // 8}",
+            node_id="llm.summarize",
+            span_id=f"span-{i % 8}",
+            parent_span_id="root",
+            branch_path="1",
+            workflow="rag",
+            model="gpt-4o",
+            provider="openai",
+            meters=Meters(input_tokens=800 + i % 100, output_tokens=90, cached_input_tokens=512),
+            event_time=now,
+            attributes={"region": "eu"},
+        )
+        for i in range(n)
+    ]
+
+
+def timed(label: str, n: int, fn: Callable[[], None], flush: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    t_call = time.perf_counter() - t0
+    flush()
+    total = time.perf_counter() - t0
+    rate = n / total
+    print(
+        f"{label:<34} {rate:>11,.0f} events/s   {t_call / n * 1e6:6.2f} µs/event in the call"
+        f"   ({total:.2f} s incl. delivery)"
+    )
+    return rate
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--spans", type=int, default=20_000)
+    ap.add_argument("--all-cores", action="store_true", help="do not pin to one core")
+    args = ap.parse_args()
+
+    if not args.all_cores and hasattr(os, "sched_setaffinity"):
+        core = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {core})  # before any producer thread exists: they inherit it
+        print(f"pinned to CPU core {core}")
+
+    cfg_broker = None
+    bootstrap = os.environ.get("NODEMETER_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        from nodemeter_stream.devenv import kafka
+
+        cfg_broker = kafka.KafkaDevConfig(
+            port=free_port(),
+            controller_port=free_port(),
+            home=Path(tempfile.mkdtemp(prefix="nodemeter-bench-")),
+        )
+        bootstrap = kafka.up(cfg_broker)
+    try:
+        run(bootstrap, args.events, args.spans)
+    finally:
+        if cfg_broker is not None:
+            from nodemeter_stream.devenv import kafka
+
+            kafka.down(cfg_broker)
+    return 0
+
+
+def run(bootstrap: str, n: int, spans: int) -> None:
+    from nodemeter_stream.topics import Topics, ensure_topics
+
+    topics = Topics(prefix=f"bench{uuid.uuid4().hex[:6]}.")
+    ensure_topics(bootstrap, topics)
+    topic = topics.usage
+    spool = Path(tempfile.mkdtemp(prefix="nodemeter-bench-spool-"))
+    config = MeterConfig(bootstrap_servers=bootstrap, topic=topic, spool_dir=spool)
+    events = make_events(n)
+    encoded = [(encode_record(e), record_key(e)) for e in events]
+    print(
+        f"{n:,} events of {len(encoded[0][0])} bytes; broker {bootstrap}; Python {sys.version.split()[0]}"
+    )
+
+    # warm up connections and metadata for both paths
+    raw = Producer(config.producer_conf())
+    raw.produce(topic, encoded[0][0], encoded[0][1])
+    raw.flush(30)
+
+    def raw_plain() -> None:
+        produce = raw.produce
+        for value, key in encoded:
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                raw.poll(0.05)
+                produce(topic, value, key)
+
+    delivered = [0]
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        delivered[0] += 1
+
+    def raw_cb() -> None:
+        produce = raw.produce
+        for i, (value, key) in enumerate(encoded):
+            produce(topic, value, key, on_delivery=on_delivery)
+            if i % 1000 == 0:
+                raw.poll(0)
+
+    meter = Meter(config)
+    meter.emit(events[0])
+    meter.flush(30)
+
+    def sdk_emit() -> None:
+        emit = meter.emit
+        for e in events:
+            emit(e)
+
+    print("--- throughput, one core ---")
+    r_plain = timed("raw produce()", n, raw_plain, lambda: raw.flush(60))
+    r_cb = timed("raw produce() + delivery callback", n, raw_cb, lambda: raw.flush(60))
+    r_sdk = timed("sdk Meter.emit()", n, sdk_emit, lambda: meter.flush(60))
+    print(f"sdk / raw produce():            {r_sdk / r_plain:6.1%}")
+    print(f"sdk / raw produce() + callback: {r_sdk / r_cb:6.1%}")
+
+    print("--- a node span with one usage record ---")
+    samples: list[int] = []
+    with meter.request(tenant="acme", workflow="bench"):
+        for i in range(spans):
+            t0 = time.perf_counter_ns()
+            with meter.node("llm.summarize", model="gpt-4o") as span:
+                span.record(input_tokens=800 + i % 100, output_tokens=90)
+            samples.append(time.perf_counter_ns() - t0)
+            if i % 2000 == 0:
+                meter._producer.poll(0)
+    meter.flush(60)
+    samples.sort()
+    med = statistics.median(samples) / 1000
+    p99 = samples[int(len(samples) * 0.99)] / 1000
+    print(f"span with one record: median {med:.1f} µs, p99 {p99:.1f} µs ({spans:,} spans)")
+    stats = meter.stats.as_dict()
+    meter.close()
+    print(f"meter stats: {stats}")
+    assert stats["lost"] == 0 and stats["spooled"] == 0, "the benchmark must not lose or spool"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
