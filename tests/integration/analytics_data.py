@@ -8,6 +8,7 @@ request r1 (2026-11-02 10:xx), workflow "qa":
   llm.answer   input_tokens 1000 x 0.000003                 = 0.003
                output_tokens 200 x 0.000015                 = 0.003
                cached_input_tokens 500 x 0.0000003          = 0.00015
+                 (cache_savings 500 x (0.000003 - 0.0000003) = 0.00135)
                cache_write_tokens 100 x 0.00000375          = 0.000375
   gpu.rerank   gpu_ms 250 x 0.0001                          = 0.025
   request total                                             = 0.031625
@@ -52,6 +53,7 @@ PRICED_LINE_COLUMNS = (
     "window_id",
     "window_start",
     "event_time",
+    "cache_savings",  # migration 030 (pricing)
 )
 
 NOV_START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -73,6 +75,7 @@ def line(
     tier: int = 0,
     line_id: str | None = None,
     amount: str | None = None,
+    cache_savings: str = "0",
 ) -> list[Any]:
     price = Decimal(unit_price)
     return [
@@ -98,6 +101,7 @@ def line(
         at.strftime("%Y-%m"),
         at.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
         at,
+        Decimal(cache_savings),
     ]
 
 
@@ -115,7 +119,7 @@ def known_lines() -> list[list[Any]]:
         line(request_id="r1", node_id="llm.answer", meter="output_tokens", quantity=200,
              unit_price="0.000015", at=t(2, 10, 1), model=m),
         line(request_id="r1", node_id="llm.answer", meter="cached_input_tokens", quantity=500,
-             unit_price="0.0000003", at=t(2, 10, 1), model=m),
+             unit_price="0.0000003", at=t(2, 10, 1), model=m, cache_savings="0.00135"),
         line(request_id="r1", node_id="llm.answer", meter="cache_write_tokens", quantity=100,
              unit_price="0.00000375", at=t(2, 10, 1), model=m),
         line(request_id="r1", node_id="gpu.rerank", meter="gpu_ms", quantity=250,
@@ -204,3 +208,42 @@ def insert_events(client: Any, rows: list[list[Any]]) -> None:
 def load_known(client: Any) -> None:
     insert_lines(client, known_lines())
     insert_events(client, known_events())
+    insert_alerts(client, known_alerts())
+
+
+ALERT_COLUMNS = (
+    "alert_id",
+    "tenant",
+    "budget",
+    "workflow",
+    "window_id",
+    "window_start",
+    "window_end",
+    "threshold_pct",
+    "level",
+    "limit_amount",
+    "spend_amount",
+    "hard_limit",
+    "crossed_at",
+)
+
+
+def known_alerts() -> list[list[Any]]:
+    """acme: a monthly tenant budget of 0.04 (50 % and 100 % crossed; spend now 0.042125
+    -> exceeded, 105.31 %) and a daily workflow budget "qa" of 0.05 for Nov 2 (50 %
+    crossed; usage of qa that day 0.031625 -> ok, 63.25 %); globex: one alert."""
+    monthly = ("acme", "monthly", "", "2026-11", NOV_START, DEC_START)
+    daily = ("acme", "qa-daily", "qa", "2026-11-02", t(2, 0), t(3, 0))
+    return [
+        ["a1", *monthly, 50, "INFO", Decimal("0.04"), Decimal("0.025"), False, t(2, 10, 2)],
+        ["a2", *monthly, 100, "EXCEEDED", Decimal("0.04"), Decimal("0.0415"), True, t(3, 11, 1)],
+        ["a2", *monthly, 100, "EXCEEDED", Decimal("0.04"), Decimal("0.0415"), True, t(3, 11, 1)],
+        ["a3", *daily, 50, "INFO", Decimal("0.05"), Decimal("0.03"), False, t(2, 10, 2)],
+        ["g1", "globex", "monthly", "", "2026-11", NOV_START, DEC_START, 80, "WARNING",
+         Decimal("6"), Decimal("5"), False, t(2, 10, 0)],
+    ]  # fmt: skip
+
+
+def insert_alerts(client: Any, rows: list[list[Any]]) -> None:
+    for r in rows:  # one block each: the repeated a2 is a redelivery, not a retried block
+        client.insert("budget_alerts", [r], column_names=list(ALERT_COLUMNS))

@@ -98,6 +98,30 @@ def test_cache_savings(known: Any) -> None:
         # 500 cached tokens: charged 0.00015, at the input price 0.0015; cache writes 0.000375
         ("gpt-4o", "USD", D(500), D("0.00015"), D("0.0015"), D("0.000375"), D("0.000975"))
     ]
+    assert run(known, "cache_savings", tenant="globex", start=NOV_START, end=DEC_START) == []
+
+
+def test_budget_status(known: Any) -> None:
+    rows = queries.run(known, "budget_status", **NOV).dicts()
+    assert [
+        (r["budget"], r["workflow"], r["window_id"], r["limit_amount"], r["spend"],
+         r["remaining"], r["used_pct"], r["status"], r["max_threshold_pct"], r["alerts"])
+        for r in rows
+    ] == [
+        # tenant-wide: every November line, credit included; the re-sent alert a2 counts once
+        ("monthly", "", "2026-11", D("0.04"), D("0.042125"), D("-0.002125"), D("105.31"),
+         "exceeded", 100, 2),
+        # workflow qa on Nov 2: usage lines of that day only
+        ("qa-daily", "qa", "2026-11-02", D("0.05"), D("0.031625"), D("0.018375"), D("63.25"),
+         "ok", 50, 1),
+    ]  # fmt: skip
+    assert rows[0]["hard_limit"] is True
+    december = {"tenant": "acme", "start": DEC_START, "end": datetime(2027, 1, 1, tzinfo=UTC)}
+    assert queries.run(known, "budget_status", **december).rows == []
+    globex = queries.run(known, "budget_status", tenant="globex", start=NOV_START, end=DEC_START)
+    assert [(r["status"], r["spend"]) for r in globex.dicts()] == [
+        ("warning", D(5))
+    ]  # 5 of 6: 83 %
 
 
 def test_daily_spend_with_running_total(known: Any) -> None:
@@ -149,6 +173,7 @@ COVERAGE = {
     "model_meter_daily": test_model_meter_daily,
     "gpu_measured_vs_estimated": test_gpu_measured_vs_estimated,
     "cache_savings": test_cache_savings,
+    "budget_status": test_budget_status,
     "daily_spend": test_daily_spend_with_running_total,
     "cost_over_time": test_cost_over_time_daily_and_hourly,
     "node_edges": test_node_edges,

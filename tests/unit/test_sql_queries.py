@@ -15,6 +15,7 @@ PERIOD = {"tenant": "String", "start": "DateTime('UTC')", "end": "DateTime('UTC'
 
 # golden: each query's parameters, in order of first use
 SIGNATURES = {
+    "budget_status": PERIOD,
     "cache_savings": PERIOD,
     "cost_over_time": {"bucket_hours": "UInt32", **PERIOD},
     "daily_spend": PERIOD,
