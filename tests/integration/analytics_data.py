@@ -209,6 +209,7 @@ def load_known(client: Any) -> None:
     insert_lines(client, known_lines())
     insert_events(client, known_events())
     insert_alerts(client, known_alerts())
+    insert_rates(client, known_rates())
 
 
 ALERT_COLUMNS = (
@@ -247,3 +248,26 @@ def known_alerts() -> list[list[Any]]:
 def insert_alerts(client: Any, rows: list[list[Any]]) -> None:
     for r in rows:  # one block each: the repeated a2 is a redelivery, not a retried block
         client.insert("budget_alerts", [r], column_names=list(ALERT_COLUMNS))
+
+
+RATE_COLUMNS = (
+    "price_book", "version", "effective_from", "currency", "meter", "model", "provider",
+    "gpu_type", "charge_model", "tier", "up_to", "unit_price",
+)  # fmt: skip
+
+
+def known_rates() -> list[list[Any]]:
+    """acme-book v1 (3 rates, one loaded twice: a worker restart) and v2 (not used yet)."""
+    v1 = ("acme-book", 1, t(1, 0, month=10), "USD")
+    v2 = ("acme-book", 2, t(1, 0, month=12), "USD")
+    return [
+        [*v1, "input_tokens", "gpt-4o", "openai", "", "flat", 0, 0, Decimal("0.000003")],
+        [*v1, "output_tokens", "gpt-4o", "openai", "", "flat", 0, 0, Decimal("0.000015")],
+        [*v1, "gpu_ms", "", "", "H100", "flat", 0, 0, Decimal("0.0001")],
+        [*v2, "input_tokens", "gpt-4o", "openai", "", "flat", 0, 0, Decimal("0.000002")],
+    ]
+
+
+def insert_rates(client: Any, rows: list[list[Any]]) -> None:
+    for block in (rows, rows[:1]):  # the first rate loaded again by a restarted worker
+        client.insert("price_book_rates", block, column_names=list(RATE_COLUMNS))

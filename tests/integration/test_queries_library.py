@@ -166,6 +166,21 @@ def test_reconcile_all_ok(known: Any) -> None:
     assert len(rows) == 10  # 2 tenants x (4 money checks + 1 event check)
 
 
+def test_price_book_versions(known: Any) -> None:
+    rows = run(known, "price_book_versions", **NOV)
+    assert [(r[0], r[1], r[2].replace(tzinfo=UTC), r[3], r[4], r[5], r[6]) for r in rows] == [
+        # 10 November lines priced with acme-book v1; its 3 rates (one loaded twice)
+        ("acme-book", 1, datetime(2026, 10, 1, tzinfo=UTC), "USD", 3, 10, D("0.042125")),
+    ]
+    october = {"tenant": "acme", "start": datetime(2026, 10, 1, tzinfo=UTC), "end": NOV_START}
+    assert [(r[0], r[1], r[5], r[6]) for r in run(known, "price_book_versions", **october)] == [
+        ("acme-book", 1, 1, D("0.3"))
+    ]
+    # globex's book was never loaded into price_book_rates: listed, with no rates
+    globex = run(known, "price_book_versions", tenant="globex", start=NOV_START, end=DEC_START)
+    assert [(r[0], r[1], r[4], r[5]) for r in globex] == [("globex-book", 1, 0, 1)]
+
+
 # query -> the test above that checks its exact answer
 COVERAGE = {
     "node_costs": test_node_costs,
@@ -174,6 +189,7 @@ COVERAGE = {
     "gpu_measured_vs_estimated": test_gpu_measured_vs_estimated,
     "cache_savings": test_cache_savings,
     "budget_status": test_budget_status,
+    "price_book_versions": test_price_book_versions,
     "daily_spend": test_daily_spend_with_running_total,
     "cost_over_time": test_cost_over_time_daily_and_hourly,
     "node_edges": test_node_edges,

@@ -83,7 +83,9 @@ def test_sql_errors_are_clear(store: list[str], capsys: pytest.CaptureFixture[st
     assert main(["sql", "-q", "node_costs", "-p", "tenant=acme", *store]) == 1
     assert "missing: start, end" in capsys.readouterr().err
     assert main(["sql", "-q", "no_such_query", *store]) == 1
-    assert "the library has: budget_status, cache_savings" in capsys.readouterr().err
+    assert (
+        "the library has: budget_status, cache_savings, cost_over_time" in capsys.readouterr().err
+    )
     assert main(["sql", *store]) == 1
     assert "either SQL text or --query" in capsys.readouterr().err
 

@@ -23,6 +23,7 @@ SIGNATURES = {
     "model_meter_daily": PERIOD,
     "node_costs": PERIOD,
     "node_edges": PERIOD,
+    "price_book_versions": PERIOD,
     "reconcile": {},
     "top_requests": {**PERIOD, "limit": "UInt32"},
 }
@@ -49,7 +50,7 @@ def test_each_query_is_one_documented_select(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(SIGNATURES))
 def test_queries_on_mergetree_bases_read_final(name: str) -> None:
     text = queries.load(name).text
-    for table in ("priced_lines", "usage_events"):
+    for table in ("priced_lines", "usage_events", "budget_alerts", "price_book_rates"):
         for m in re.finditer(rf"FROM {table}\b(\s+\w+)?", text):
             assert (m.group(1) or "").strip() == "FINAL", f"{name}: {m.group(0)}"
 
