@@ -33,7 +33,6 @@ import functools
 import hashlib
 import inspect
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -54,6 +53,7 @@ from nodemeter.events import (
     validate_meters,
     validate_tenant,
 )
+from nodemeter.otel import annotate_current_span, current_trace_id
 
 if TYPE_CHECKING:
     from nodemeter.meter import Meter
@@ -219,8 +219,6 @@ class Span:
         with self._lock:
             self._records.append((meters, model, provider))
         if self.request.meter.otel_enabled:
-            from nodemeter.otel import annotate_current_span
-
             annotate_current_span(meters, model or self.model, provider or self.provider)
 
     def record_openai(self, response: Any) -> Meters:
@@ -536,13 +534,10 @@ class RequestScope(_Scope):
         self.provider = provider
         self._token = None
         self._span_obj = None
-        self.started = 0.0
 
     def _open(self) -> Span:
         request_id, trace_id = self.request_id, self.trace_id
         if self.meter.otel_enabled and (request_id is None or trace_id is None):
-            from nodemeter.otel import current_trace_id
-
             otel_trace = current_trace_id()
             trace_id = trace_id or otel_trace
             request_id = request_id or otel_trace
@@ -550,7 +545,6 @@ class RequestScope(_Scope):
         state = _RequestState(
             self.meter, self.tenant, request_id, self.workflow, trace_id, self.attributes
         )
-        self.started = time.monotonic()
         return Span(
             state,
             self.node_id,

@@ -34,6 +34,7 @@ from typing import Any, Protocol, cast
 
 from nodemeter import __version__
 from nodemeter.codec import encode_record, record_key
+from nodemeter.context import NodeScope, RequestScope
 from nodemeter.errors import ConfigError, DeliveryError, NodemeterError, OversizeEventError
 from nodemeter.events import MAX_EVENT_BYTES, Record, utcnow, validate_record
 from nodemeter.spool import FSYNC_POLICIES, FsyncPolicy, Spool, read_segment
@@ -258,16 +259,12 @@ class Meter:
             return
         self.stats.produced += 1
 
-    def request(self, **kwargs: Any) -> Any:
+    def request(self, **kwargs: Any) -> RequestScope:
         """A request (root span) context manager; see ``nodemeter.context.RequestScope``."""
-        from nodemeter.context import RequestScope
-
         return RequestScope(self, **kwargs)
 
-    def node(self, node_id: str, **kwargs: Any) -> Any:
+    def node(self, node_id: str, **kwargs: Any) -> NodeScope:
         """A node span: context manager (sync/async) and decorator (sync/async)."""
-        from nodemeter.context import NodeScope
-
         return NodeScope(node_id, **kwargs)
 
     def flush(self, timeout: float = 10.0) -> int:
