@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -201,3 +202,36 @@ def gpu_type(index: int = 0) -> str:
         _warn_once(str(exc))
         return ""
     return readings[index].name if index < len(readings) else ""
+
+
+# --- warm-up ---------------------------------------------------------------------------------
+
+
+class WarmupTracker:
+    """Marks the first ``first_n`` spans per key (a model, a device) as non-billable.
+
+    Kernel compilation, weight loading and cache fills on a cold worker are the
+    operator's cost, not the tenant's: those spans are still emitted (the usage
+    is visible) but with ``billable=False`` and the given reason. Thread-safe;
+    counts are per process, which is exactly where a cold start happens.
+    """
+
+    def __init__(self, *, first_n: int = 1, reason: str = "cold_start") -> None:
+        if isinstance(first_n, bool) or not isinstance(first_n, int) or first_n < 0:
+            raise InvalidUsageError(
+                "first_n must be a non-negative integer", reason="invalid_warmup"
+            )
+        self.first_n = first_n
+        self.reason = reason
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def mark(self, span: Any, key: str) -> bool:
+        """Mark ``span`` non-billable if it is among the first calls for ``key``."""
+        with self._lock:
+            n = self._seen.get(key, 0)
+            self._seen[key] = n + 1
+        if n < self.first_n:
+            span.mark_non_billable(self.reason)
+            return True
+        return False

@@ -103,3 +103,23 @@ def test_nvml_reports_or_explains() -> None:
     else:
         assert readings and all(r.memory_total_mib > 0 for r in readings)
         assert gpu_type() == readings[0].name
+
+
+def test_warmup_tracker_marks_first_calls_per_model(tmp_path: Path) -> None:
+    from nodemeter.gpu import WarmupTracker
+
+    meter, producers = fake_meter(tmp_path)
+    warm = WarmupTracker(first_n=2)
+    with meter.request(tenant="acme"):
+        for model in ("a", "a", "a", "b"):
+            with meter.node("infer", model=model) as span:
+                warm.mark(span, model)
+                span.record(gpu_ms=10, gpu_source="MEASURED")
+    meter.flush()
+    ev = [r for r in delivered_records(producers) if hasattr(r, "meters")]
+    assert [(e.model, e.billable, e.non_billable_reason) for e in ev] == [
+        ("a", False, "cold_start"),
+        ("a", False, "cold_start"),
+        ("a", True, None),
+        ("b", False, "cold_start"),
+    ]
