@@ -20,6 +20,7 @@ from analytics_data import (
 from nodemeter_stream.analytics import queries
 from nodemeter_stream.analytics.errors import RebuildError
 from nodemeter_stream.analytics.progress import StderrProgress
+from nodemeter_stream.analytics.reconcile import run_checks, summary
 from nodemeter_stream.analytics.rebuild import ROLLUPS, rebuild
 
 pytestmark = pytest.mark.clickhouse
@@ -102,6 +103,9 @@ def test_duplicate_line_is_flagged_by_reconcile_and_fixed_by_rebuild(ch: Any) ->
         ("acme", "lines: priced_lines = cost_hourly"),
     }
     assert {m["actual"] - m["expected"] for m in bad} == {D("0.025"), D(1)}
+    text = summary(run_checks(ch))
+    assert "MISMATCH acme USD amount: priced_lines = cost_hourly: expected 0.8421" in text
+    assert text.endswith("4 mismatch(es): run `nodemeter rebuild`")
     rebuild(ch, ["cost_hourly", "tenant_spend_daily", "request_node_costs"])
     assert mismatches(ch) == []
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from nodemeter_stream.analytics import queries
+from nodemeter_stream.analytics import reconcile
 from nodemeter_stream.analytics.cli_common import add_store_arguments, config_from_args
 from nodemeter_stream.analytics.progress import StderrProgress
 from nodemeter_stream.analytics.rebuild import ROLLUPS, rebuild
@@ -36,11 +36,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.no_verify:
         return 0
-    bad = [row for row in queries.run(client, "reconcile").dicts() if not row["ok"]]
-    for row in bad:
-        print(
-            f"MISMATCH {row['tenant']} {row['currency']} {row['check']}: "
-            f"expected {row['expected']}, got {row['actual']}"
-        )
-    print("reconciled: rollups match the base tables" if not bad else f"{len(bad)} mismatch(es)")
-    return 1 if bad else 0
+    checks = reconcile.run_checks(client)
+    print(reconcile.summary(checks))
+    return 0 if all(c.ok for c in checks) else 1
