@@ -20,8 +20,8 @@ from analytics_data import (
 from nodemeter_stream.analytics import queries
 from nodemeter_stream.analytics.errors import RebuildError
 from nodemeter_stream.analytics.progress import StderrProgress
-from nodemeter_stream.analytics.reconcile import run_checks, summary
 from nodemeter_stream.analytics.rebuild import ROLLUPS, rebuild
+from nodemeter_stream.analytics.reconcile import run_checks, summary
 
 pytestmark = pytest.mark.clickhouse
 
