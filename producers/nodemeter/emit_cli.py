@@ -74,6 +74,14 @@ def _enum(kind: type[Status] | type[GpuSource], value: Any, default: Any) -> Any
         ) from None
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):  # "false" must not silently mean True
+        raise InvalidUsageError(
+            f"billable must be true or false, got {value!r}", reason="invalid_billable"
+        )
+    return value
+
+
 def record_from_json(obj: Any, *, now: Callable[[], datetime] = utcnow) -> Record:
     """Build (not yet validate) a record from one parsed JSON line."""
     if not isinstance(obj, dict):
@@ -135,7 +143,7 @@ def record_from_json(obj: Any, *, now: Callable[[], datetime] = utcnow) -> Recor
         sequence=sequence,
         meters=meters,
         status=_enum(Status, obj.get("status"), Status.OK),
-        billable=bool(obj.get("billable", True)),
+        billable=_bool(obj.get("billable", True)),
         non_billable_reason=obj.get("non_billable_reason"),
         event_time=_time(obj.get("event_time"), now),
         attributes=attributes,

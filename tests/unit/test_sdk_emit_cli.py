@@ -56,13 +56,15 @@ def test_bad_lines_are_reported_with_line_numbers_and_skipped() -> None:
         ),
         json.dumps({"tenant": "acme", "request_id": "r", "node_id": "a", "meters": {"tokens": 1}}),
         "",
+        json.dumps({"tenant": "acme", "request_id": "r", "node_id": "a", "billable": "false"}),
         json.dumps({"type": "request_end", "tenant": "acme", "request_id": "r", "span_count": 1}),
     ]
     sent: list = []
     err = io.StringIO()
-    assert emit_lines(lines, sent.append, err) == (2, 5)
+    assert emit_lines(lines, sent.append, err) == (2, 6)
     report = err.getvalue().splitlines()
-    assert [r.split(":")[0] for r in report] == ["line 2", "line 3", "line 4", "line 5", "line 6"]
+    assert [r.split(":")[0] for r in report] == [f"line {n}" for n in (2, 3, 4, 5, 6, 8)]
+    assert "invalid_billable" in report[5]
     assert "negative_quantity" in report[2] and "missing_tenant" in report[1]
 
 
