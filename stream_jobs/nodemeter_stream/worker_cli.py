@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
     a("--session-timeout", type=float, dest="session_timeout_s", help="seconds (30)")
     a("--heartbeat-interval", type=float, dest="heartbeat_interval_s", help="seconds (3)")
+    a("--commit-interval", type=float, dest="commit_interval_s", help="offset commit, seconds (1)")
     a("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -52,7 +53,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str) -> logging.Handler:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(sys.__stderr__)  # faust redirects sys.stderr to logging
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -82,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         metrics_port=args.metrics_port,
         session_timeout_s=args.session_timeout_s,
         heartbeat_interval_s=args.heartbeat_interval_s,
+        commit_interval_s=args.commit_interval_s,
     )
 
 

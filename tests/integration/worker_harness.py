@@ -128,13 +128,21 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
+    """The group's committed offsets (-1001 = none yet); retries while the coordinator moves."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        tps = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
+        for attempt in range(50):
+            try:
+                tps = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+                return {tp.partition: tp.offset for tp in tps}
+            except KafkaException:  # NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
     finally:
         c.close()
 
@@ -199,6 +207,7 @@ class WorkerProcess:
     app_id: str = field(default_factory=lambda: f"nodemeter-test-{uuid.uuid4().hex[:10]}")
     extra: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
+    python_args: Sequence[str] = ("-m",)  # e.g. ("-m", "cProfile", "-o", FILE, "-m")
 
     @property
     def url(self) -> str:
@@ -207,7 +216,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         args = [
             sys.executable,
-            "-m",
+            *self.python_args,
             "nodemeter_stream.worker_cli",
             "--bootstrap",
             self.bootstrap,

@@ -51,7 +51,7 @@ class FakeTopic:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
 
-    async def send(self, **kw: Any) -> None:
+    def send_soon(self, **kw: Any) -> None:
         self.sent.append(kw)
 
 

@@ -35,7 +35,7 @@ from nodemeter_stream.core.batch import (
     plan_sweep,
 )
 from nodemeter_stream.core.dedupe import SeenMark, is_live
-from nodemeter_stream.core.merge import Emission, RequestState
+from nodemeter_stream.core.merge import Emission, RequestState, state_key
 from nodemeter_stream.core.rows import (
     DEAD_LETTER_COLUMNS,
     REQUEST_NODE_COLUMNS,
@@ -75,6 +75,8 @@ class Ingest:
         self.requests = ChangelogMap(app.Table("request-state", partitions=self.cfg.partitions))
         # Batches and the sweep timer both read-modify-write the state tables.
         self.lock = asyncio.Lock()
+        self._open: dict[str, int] | None = None
+        self._next_housekeeping_ms = 0
 
     # --- lookups ---------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class Ingest:
     # --- one batch -------------------------------------------------------------------
 
     async def process(self, events: Sequence[Any]) -> BatchPlan:
+        t_start = time.perf_counter()
         now_ms = self.clock()
         self.metrics.events_in.inc(len(events))
         self.metrics.batch_size.observe(len(events))
@@ -136,19 +139,35 @@ class Ingest:
                 ),
                 *request_blocks(plan.emissions),
             ]
+            t_plan = time.perf_counter()
             await self.sink.write(blocks)
+            t_sink = time.perf_counter()
             # Stored: from here on the state may say so.
             for a in plan.fresh:
                 mark = SeenMark(now_ms, a.source.partition)
                 self.seen.put(a.record.event_id, mark.to_json(), partition=a.source.partition)
             for key, state in plan.states.items():
-                self.requests.put(key, state.to_json(), partition=state.partition)
+                self.put_state(key, state)
+        # Buffered sends: Faust flushes its producer before it commits offsets, so these
+        # are delivered before the batch's offsets can be committed (at-least-once).
         for d in plan.dead_letters:
-            await self.send_dead_letter(d, now_ms=now_ms)
+            self.send_dead_letter(d, now_ms=now_ms)
         for a in plan.fresh:
             if isinstance(a.record, UsageEvent):
-                await self.by_tenant.send(key=a.record.tenant.encode(), value=a.payload)
+                self.by_tenant.send_soon(key=a.record.tenant.encode(), value=a.payload)
         self.count(plan)
+        log.info(
+            "batch records=%d fresh=%d duplicates=%d dead_letters=%d request_records=%d "
+            "plan_ms=%.1f sink_ms=%.1f total_ms=%.1f",
+            len(events),
+            len(plan.fresh),
+            len(plan.duplicates),
+            len(plan.dead_letters),
+            len(plan.emissions),
+            (t_plan - t_start) * 1000,
+            (t_sink - t_plan) * 1000,
+            (time.perf_counter() - t_start) * 1000,
+        )
         return plan
 
     def count(self, plan: BatchPlan) -> None:
@@ -159,7 +178,7 @@ class Ingest:
             m.dead_letters.labels(reason=d.reason).inc()
         count_emissions(m, plan.emissions)
 
-    async def send_dead_letter(self, d: DeadLetter, *, now_ms: int) -> None:
+    def send_dead_letter(self, d: DeadLetter, *, now_ms: int) -> None:
         value = encode_payload(
             "dead_letter",
             {
@@ -182,15 +201,40 @@ class Ingest:
             ("source_partition", str(d.source.partition).encode()),
             ("source_offset", str(d.source.offset).encode()),
         ]
-        await self.dlq.send(key=d.key or None, value=value, headers=headers)
+        self.dlq.send_soon(key=d.key or None, value=value, headers=headers)
 
     # --- timer -----------------------------------------------------------------------
 
+    def put_state(self, key: str, state: RequestState) -> None:
+        self.requests.put(key, state.to_json(), partition=state.partition)
+        if self._open is not None:
+            if state.closed:
+                self._open.pop(key, None)
+            else:
+                self._open[key] = state.opened_at_ms
+
+    def open_index(self) -> dict[str, int]:
+        """Open requests -> opened_at_ms; built from the (recovered) table once, then kept."""
+        if self._open is None:
+            self._open = {}
+            for key, raw in self.requests.items():
+                state = RequestState.from_json(raw)
+                if not state.closed:
+                    self._open[key] = state.opened_at_ms
+        return self._open
+
     async def sweep(self) -> None:
-        """Close timed-out requests; drop expired dedupe marks and old request states."""
+        """Close timed-out requests; now and then drop expired dedupe marks and old states."""
         now_ms = self.clock()
+        timeout_ms = self.cfg.request_timeout_s * 1000
         async with self.lock:
-            states = [RequestState.from_json(v) for _, v in self.requests.items()]
+            index = self.open_index()
+            due_keys = [k for k, opened in index.items() if now_ms - opened >= timeout_ms]
+            states = [RequestState.from_json(self.requests.get(k)) for k in due_keys]
+            housekeeping = now_ms >= self._next_housekeeping_ms
+            if housekeeping:
+                self._next_housekeeping_ms = now_ms + self.housekeeping_interval_ms()
+                states = [RequestState.from_json(v) for _, v in self.requests.items()]
             plan = plan_sweep(
                 states,
                 now_ms=now_ms,
@@ -199,19 +243,22 @@ class Ingest:
             )
             await self.sink.write(request_blocks(plan.emissions))
             for e in plan.emissions:
-                key = f"{e.state.tenant}/{e.state.request_id}"
-                self.requests.put(key, e.state.to_json(), partition=e.state.partition)
-            for s in plan.purge:
-                self.requests.delete(f"{s.tenant}/{s.request_id}", partition=s.partition)
-            for eid, raw in self.seen.items():
-                mark = SeenMark.from_json(raw)
-                if not is_live(mark, now_ms=now_ms, ttl_s=self.cfg.dedupe_ttl_s):
-                    self.seen.delete(eid, partition=mark.partition)
-            self.metrics.open_requests.set(
-                sum(1 for s in states if not s.closed)
-                - sum(1 for e in plan.emissions if not e.state.closed)
-            )
+                self.put_state(state_key(e.state.tenant, e.state.request_id), e.state)
+            for st in plan.purge:
+                self.requests.delete(state_key(st.tenant, st.request_id), partition=st.partition)
+            if housekeeping:
+                for eid, raw in self.seen.items():
+                    mark = SeenMark.from_json(raw)
+                    if not is_live(mark, now_ms=now_ms, ttl_s=self.cfg.dedupe_ttl_s):
+                        self.seen.delete(eid, partition=mark.partition)
+            self.metrics.open_requests.set(len(index))
         count_emissions(self.metrics, plan.emissions)
+
+    def housekeeping_interval_ms(self) -> int:
+        # Expiry runs at a twentieth of the shortest retention: marks and states live at
+        # most 5% past their TTL, and the full scans stay rare.
+        shortest = min(self.cfg.dedupe_ttl_s, self.cfg.request_retention_s)
+        return int(max(self.cfg.sweep_interval_s, min(shortest / 20, 3600.0)) * 1000)
 
     def update_lag(self, events: Sequence[Any]) -> None:
         last: dict[Any, int] = {}

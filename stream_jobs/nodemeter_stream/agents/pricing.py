@@ -22,7 +22,6 @@ import asyncio
 import logging
 import os
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
@@ -35,6 +34,7 @@ from nodemeter_stream.core.rows import DEAD_LETTER_COLUMNS, dead_letter_row
 from nodemeter_stream.core.validate import DeadLetter, Source
 from nodemeter_stream.pricing import PricingEngine, load_config
 from nodemeter_stream.pricing.batch import BatchResult, Item, Rejected, price_batch
+from nodemeter_stream.pricing.book import EXAMPLES_DIR
 from nodemeter_stream.pricing.lines import PRICED_LINE_COLUMNS
 from nodemeter_stream.pricing.records import (
     BUDGET_ALERT_COLUMNS,
@@ -48,11 +48,10 @@ from nodemeter_stream.pricing.records import (
 from nodemeter_stream.sink import Block, ack_all
 
 log = logging.getLogger("nodemeter.pricing")
-EXAMPLES = Path(__file__).resolve().parents[1] / "pricing" / "examples"
 
 
 def engine_from_env() -> PricingEngine:
-    path = os.environ.get("NODEMETER_PRICEBOOKS") or str(EXAMPLES)
+    path = os.environ.get("NODEMETER_PRICEBOOKS") or str(EXAMPLES_DIR)
     if "NODEMETER_PRICEBOOKS" not in os.environ:
         log.warning(
             "NODEMETER_PRICEBOOKS not set: pricing with the example price books in %s", path
@@ -73,7 +72,7 @@ class Pricing:
         self.alerts_topic = app.topic(topics.budget_alerts, **raw)
         self.state_topic = app.topic(topics.budget_state, **raw)
         self.dlq = app.topic(topics.dlq, **raw)
-        table = {"partitions": cfg.partitions, "value_serializer": "json"}
+        table = {"partitions": cfg.partitions}  # values: JSON (the app default)
         self.tenants = ChangelogMap(app.Table("pricing-tenant-state", **table))
         self.seen = ChangelogMap(app.Table("pricing-priced-events", **table))
         r = worker.metrics.registry
