@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 
 from nodemeter_stream.pricing import PriceBookError, load_config, parse_documents
+from nodemeter_stream.pricing.book import EXAMPLES_DIR as EXAMPLES
 from nodemeter_stream.pricing.book import ChargeModel
 from nodemeter_stream.pricing.windows import WindowKind
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "stream_jobs" / "nodemeter_stream" / "pricing" / "examples"
 
 
 def test_example_set_loads_with_three_tenant_plans() -> None:

@@ -39,6 +39,8 @@ from nodemeter_stream.pricing.windows import WindowKind, zone
 ANY = "*"
 DEFAULT_THRESHOLDS: tuple[int, ...] = (50, 80, 100)
 ENV_PATH = "NODEMETER_PRICEBOOKS"
+# The example set (a default book, three tenant plans) shipped with the package.
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 
 class ChargeModel(StrEnum):
