@@ -1,0 +1,149 @@
+"""``nodemeter alerts tail``: an example consumer of the budget-alert topic.
+
+Reads ``nodemeter.budget-alerts.v1`` (Avro ``budget_alert``), drops repeats of an
+``alert_id`` it has already shown (delivery is at-least-once: a worker crash between
+sending an alert and recording it as sent re-sends the same id), and prints one line
+per alert, or the record as JSON with ``--json``. Money is printed exactly as stored;
+``--rounded`` shows it in the currency's minor unit instead.
+
+    nodemeter alerts tail --from-beginning --tenant acme
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from nodemeter.codec import decode_payload
+from nodemeter.errors import DecodeError
+from nodemeter_stream.pricing.money import present, to_str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tail = sub.add_parser("tail", help="print budget alerts as they arrive")
+    tail.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (default NODEMETER_KAFKA_BOOTSTRAP)"
+    )
+    tail.add_argument("--topic-prefix", help="topic name prefix (default NODEMETER_TOPIC_PREFIX)")
+    tail.add_argument("--tenant", help="only this tenant's alerts")
+    tail.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest alert kept"
+    )
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--rounded", action="store_true", help="money in the currency's minor unit")
+    tail.add_argument("--max", type=int, default=0, help="stop after this many alerts (0: never)")
+    tail.add_argument("--idle-timeout", type=float, default=0.0, help="stop after this many idle seconds (0: never)")  # fmt: skip
+
+
+def _money(value: Decimal, currency: str, rounded: bool) -> str:
+    return to_str(present(value, currency) if rounded else value.normalize())
+
+
+def format_alert(a: Mapping[str, Any], *, rounded: bool = False) -> str:
+    """One human line: when, who, which budget and window, how far, how much."""
+    cur = a.get("currency", "USD")
+    window = a.get("attributes", {}).get("window_id") or a["window_start"].date().isoformat()
+    hard = " HARD LIMIT" if a.get("hard_limit") else ""
+    return (
+        f"{a['event_time'].isoformat()} {a['level']:<8} {a['tenant']} budget={a['budget_id']} "
+        f"window={window} threshold={a['threshold_pct']}% spent={_money(a['spend_amount'], cur, rounded)} "
+        f"of {_money(a['limit_amount'], cur, rounded)} {cur}{hard} id={a['alert_id']}"
+    )
+
+
+def to_json(a: Mapping[str, Any]) -> str:
+    def enc(v: Any) -> Any:
+        if isinstance(v, Decimal):
+            return to_str(v)
+        if isinstance(v, datetime):
+            return v.isoformat()
+        raise TypeError(type(v).__name__)
+
+    return json.dumps(dict(a), default=enc, sort_keys=True)
+
+
+def tail(
+    poll: Callable[[float], Any],
+    *,
+    tenant: str | None,
+    emit: Callable[[Mapping[str, Any]], None],
+    max_alerts: int = 0,
+    idle_timeout: float = 0.0,
+) -> int:
+    """Consume with ``poll`` (a confluent-kafka ``Consumer.poll``) and ``emit`` new alerts."""
+    import time
+
+    shown: set[str] = set()
+    idle_since = time.monotonic()
+    while not max_alerts or len(shown) < max_alerts:
+        msg = poll(0.5)
+        if msg is None or msg.error():
+            if idle_timeout and time.monotonic() - idle_since > idle_timeout:
+                break
+            continue
+        idle_since = time.monotonic()
+        try:
+            name, alert = decode_payload(msg.value())
+        except DecodeError as exc:
+            print(
+                f"skipping an undecodable record at offset {msg.offset()}: {exc}", file=sys.stderr
+            )
+            continue
+        if name != "budget_alert" or alert["alert_id"] in shown:
+            continue
+        if tenant and alert["tenant"] != tenant:
+            continue
+        shown.add(alert["alert_id"])
+        emit(alert)
+    return len(shown)
+
+
+def run(args: argparse.Namespace) -> int:
+    from confluent_kafka import Consumer
+
+    from nodemeter_stream.topics import Topics
+
+    bootstrap = args.bootstrap or os.environ.get("NODEMETER_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        print("alerts tail: give --bootstrap or set NODEMETER_KAFKA_BOOTSTRAP", file=sys.stderr)
+        return 2
+    prefix = (
+        args.topic_prefix
+        if args.topic_prefix is not None
+        else os.environ.get("NODEMETER_TOPIC_PREFIX", "")
+    )
+    topic = Topics(prefix=prefix).budget_alerts
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"nodemeter-alerts-tail-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+
+    def emit(alert: Mapping[str, Any]) -> None:
+        print(
+            to_json(alert) if args.json else format_alert(alert, rounded=args.rounded), flush=True
+        )
+
+    try:
+        tail(
+            consumer.poll,
+            tenant=args.tenant,
+            emit=emit,
+            max_alerts=args.max,
+            idle_timeout=args.idle_timeout,
+        )
+    finally:
+        consumer.close()
+    return 0
