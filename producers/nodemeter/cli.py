@@ -16,6 +16,7 @@ from nodemeter.errors import NodemeterError
 
 # name -> (module, one-line help). Keep alphabetical within groups.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "alerts": ("nodemeter_stream.alerts_cli", "budget alerts: tail the alert topic"),
     "dev": ("nodemeter_stream.devenv.cli", "local development services (Kafka broker)"),
     "emit": ("nodemeter.emit_cli", "send usage records given as JSON lines on stdin"),
     "migrate": ("nodemeter_stream.migrate_cli", "apply the SQL migrations to ClickHouse"),
