@@ -346,3 +346,45 @@ def test_window_totals_per_meter_match_an_independent_computation() -> None:
     # 6850 pages: 1000 x 0.01 + 4000 x 0.008 + 1850 x 0.005
     assert per_meter["custom:pages"] == D("10") + D("32") + D("9.25")
     assert per_meter["cpu_ms"] == D("61700") * D("0.00000001")
+
+
+# --- repricing --------------------------------------------------------------------------
+
+
+def test_repricing_under_a_backdated_version_produces_adjustment_lines() -> None:
+    from nodemeter_stream.pricing.reprice import price_all, reprice
+
+    v1 = {"version": 1, "effective_from": "2026-01-01T00:00:00Z",
+          "rates": [{"meter": "custom:pages", "charge": "graduated", "tiers": TIERS}]}  # fmt: skip
+    fix = {"version": 2, "effective_from": "2026-10-01T00:00:00Z",
+           "rates": [{"meter": "custom:pages", "charge": "volume", "tiers": TIERS}]}  # fmt: skip
+    events = [event(i, t=T0 + timedelta(hours=i), custom={"pages": 700}) for i in range(4)]
+    old = price_all(PricingEngine(config([], versions=[v1])), events)
+    assert total(old) == D("10") + D("14.4")  # 2800 pages graduated: 1000 x 0.01 + 1800 x 0.008
+    new_engine = PricingEngine(config([], versions=[v1, fix]))
+    adj = reprice(new_engine, events, old, tag="default@v2")
+    assert {ln.line_kind for ln in adj} == {"adjustment"}
+    assert total(old) + total(adj) == D("2800") * D("0.008")  # volume: all at tier 2
+    assert {ln.price_book_version for ln in adj} == {2}
+    # the same repricing again: same ids (idempotent); after it, nothing left to adjust
+    assert [ln.line_id for ln in reprice(new_engine, events, old, tag="default@v2")] == [
+        ln.line_id for ln in adj
+    ]
+    assert reprice(new_engine, events, old + adj, tag="default@v2-again") == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(quantities, st.sampled_from(["0.007", "0.02", "0.01"]))
+def test_old_lines_plus_adjustments_equal_the_new_pricing(qs: list[int], price: str) -> None:
+    from nodemeter_stream.pricing.reprice import price_all, reprice
+
+    old_rates = [{"meter": "custom:pages", "charge": "graduated", "tiers": TIERS}]
+    new_rates = [
+        {"meter": "custom:pages", "charge": "flat", "unit_price": price, "included_units": 100}
+    ]
+    events = [event(i, t=T0 + timedelta(hours=i), custom={"pages": q}) for i, q in enumerate(qs)]
+    old = price_all(PricingEngine(config(old_rates)), events)
+    new_engine = PricingEngine(config(new_rates))
+    adj = reprice(new_engine, events, old, tag="t")
+    assert total(old) + total(adj) == total(price_all(new_engine, events))
+    assert len({ln.line_id for ln in adj}) == len(adj)
