@@ -83,6 +83,8 @@ def test_money_formatting_never_goes_through_float() -> None:
     assert fmt_amount(D("0.000000000001"), exact=True) == "0.000000000001"
     assert share(D(1), D(3)) == "33.3%"
     assert share(D(1), D(0)) == "-"
+    assert share(D("0.00001"), D(1)) == "<0.1%"
+    assert share(D(0), D(1)) == "0.0%"
 
 
 def test_bucket_resolution() -> None:

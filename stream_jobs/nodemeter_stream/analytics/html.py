@@ -106,7 +106,8 @@ def graph_svg(report: Report) -> str:
     for n in names:
         x, y = pos[n]
         cost = costs.get(n, Decimal(0))
-        fill = colour(cost / top if top > 0 else Decimal(0))
+        # sqrt, like the area: small nodes stay distinguishable from each other
+        fill = colour((max(cost, Decimal(0)) / top).sqrt() if top > 0 else Decimal(0))
         label = escape(n)
         out.append(
             f'<g class="node" data-node="{label}" data-cost="{cost}">'

@@ -177,7 +177,10 @@ def fmt_amount(amount: Decimal, *, exact: bool = False) -> str:
 def share(amount: Decimal, total: Decimal) -> str:
     if not total:
         return "-"
-    return f"{(amount * 100 / total).quantize(Decimal('0.1'))}%"
+    pct = (amount * 100 / total).quantize(Decimal("0.1"))
+    if not pct and amount:
+        return "<0.1%" if amount > 0 else ">-0.1%"
+    return f"{pct}%"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
