@@ -135,3 +135,19 @@ def test_installed_command_end_to_end(tmp_path: Path) -> None:
     assert "TOTAL" in proc.stdout and "0.042125 USD" in proc.stdout
     assert "[report] 4/4" in proc.stderr
     assert page.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_store_errors_are_clear(
+    clickhouse_url: str, store: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = ["--url", clickhouse_url, "--database", "no_such_db"]
+    assert main(["report", "--tenant", "acme", *missing]) == 1
+    assert "database 'no_such_db' not found" in capsys.readouterr().err
+    assert main(["rebuild", *missing]) == 1
+    assert "run `nodemeter migrate`" in capsys.readouterr().err
+    assert main(["sql", "SELEC 1", *store]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("nodemeter sql: error: the query failed: Code: 62.")
+        and "Syntax error" in err
+    )

@@ -9,7 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 from nodemeter.errors import ConfigError
-from nodemeter_stream.store import ClickHouseConfig
+from nodemeter_stream.analytics.errors import StoreError
+from nodemeter_stream.store import ClickHouseConfig, connect
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,34 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ClickHouseConfig:
     kwargs = {k: v for k, v in (("url", args.url), ("database", args.database)) if v}
     return ClickHouseConfig(**kwargs)
+
+
+def open_store(args: argparse.Namespace, *, migrated: bool = True) -> Any:
+    """A client on the configured (by default: migrated) database, or a StoreError."""
+    cfg = config_from_args(args)
+    try:
+        client = connect(cfg, create_database=False)
+    except Exception as exc:
+        hint = (
+            " (one process owns a chDB path: is the worker running on it?)" if cfg.embedded else ""
+        )
+        raise StoreError(f"cannot open {cfg.redacted()}: {exc}{hint}") from exc
+    if not migrated:
+        return client
+    try:
+        found = client.query(
+            "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+            "AND name IN ('priced_lines', 'cost_hourly')"
+        ).result_rows[0][0]
+    except Exception as exc:
+        raise StoreError(
+            f"database {cfg.database!r} not found at {cfg.redacted()}: run `nodemeter migrate`"
+        ) from exc
+    if found != 2:
+        raise StoreError(
+            f"database {cfg.database!r} at {cfg.redacted()} is not migrated: run `nodemeter migrate`"
+        )
+    return client
 
 
 def parse_time(text: str, *, end: bool = False) -> datetime:

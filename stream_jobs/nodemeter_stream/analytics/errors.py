@@ -26,3 +26,11 @@ class QueryParameterError(AnalyticsError):
 
 class RebuildError(AnalyticsError):
     pass
+
+
+class QueryError(AnalyticsError):
+    pass
+
+
+class StoreError(AnalyticsError):
+    pass

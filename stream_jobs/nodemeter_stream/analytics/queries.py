@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from nodemeter_stream.analytics.errors import QueryParameterError, UnknownQueryError
+from nodemeter_stream.analytics.errors import QueryError, QueryParameterError, UnknownQueryError
 from nodemeter_stream.migrate import sql_dir
 
 _PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):([^{}]+)\}")
@@ -123,13 +123,23 @@ class QueryResult:
 def run(client: Any, name: str, **params: Any) -> QueryResult:
     """Run library query ``name`` with ``params`` bound as query parameters."""
     query = load(name)
-    result = client.query(query.text, parameters=query.bind(params))
-    return QueryResult(tuple(result.column_names), [tuple(r) for r in result.result_rows])
+    return _execute(client, query.text, query.bind(params), what=f"query {name!r}")
 
 
 def run_sql(client: Any, sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
     """Run ad-hoc SQL (``nodemeter sql``)."""
-    result = client.query(sql, parameters=dict(parameters) if parameters else None)
+    return _execute(client, sql, dict(parameters) if parameters else None, what="the query")
+
+
+def _execute(client: Any, sql: str, parameters: dict[str, Any] | None, *, what: str) -> QueryResult:
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    try:
+        result = client.query(sql, parameters=parameters)
+    except ClickHouseError as exc:
+        # the server's message without the driver's repeated preamble
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise QueryError(f"{what} failed: {message}") from exc
     return QueryResult(tuple(result.column_names), [tuple(r) for r in result.result_rows])
 
 

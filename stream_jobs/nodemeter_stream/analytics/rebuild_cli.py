@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 
 from nodemeter_stream.analytics import reconcile
-from nodemeter_stream.analytics.cli_common import add_store_arguments, config_from_args
+from nodemeter_stream.analytics.cli_common import add_store_arguments, open_store
 from nodemeter_stream.analytics.progress import StderrProgress
 from nodemeter_stream.analytics.rebuild import ROLLUPS, rebuild
-from nodemeter_stream.store import connect
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    client = connect(config_from_args(args), create_database=False)
+    client = open_store(args)
     for r in rebuild(client, args.tables, progress=StderrProgress()):
         print(
             f"{r.table}: {r.partitions} partition(s), {r.source_rows:,} base rows -> {r.rows:,} rows"

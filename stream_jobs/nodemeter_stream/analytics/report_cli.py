@@ -14,10 +14,9 @@ from pathlib import Path
 
 from nodemeter.errors import ConfigError
 from nodemeter_stream.analytics import html
-from nodemeter_stream.analytics.cli_common import add_store_arguments, config_from_args, parse_time
+from nodemeter_stream.analytics.cli_common import add_store_arguments, open_store, parse_time
 from nodemeter_stream.analytics.progress import StderrProgress
 from nodemeter_stream.analytics.report import collect, render_table
-from nodemeter_stream.store import connect
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +42,7 @@ def period(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]
 
 def run(args: argparse.Namespace) -> int:
     start, end = period(args, datetime.now(UTC))
-    client = connect(config_from_args(args), create_database=False)
+    client = open_store(args)
     report = collect(
         client, tenant=args.tenant, start=start, end=end, top=args.top, progress=StderrProgress()
     )

@@ -15,12 +15,11 @@ from nodemeter_stream.analytics import queries
 from nodemeter_stream.analytics.cli_common import (
     add_store_arguments,
     cell,
-    config_from_args,
     numeric,
+    open_store,
     parse_param,
 )
 from nodemeter_stream.analytics.report import table
-from nodemeter_stream.store import connect
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
         raw[name] = value
-    client = connect(config_from_args(args), create_database=False)
+    client = open_store(args, migrated=bool(args.query))
     if args.query:
         declared = queries.load(args.query).params
         values = {n: parse_param(declared.get(n, "String"), v) for n, v in raw.items()}
