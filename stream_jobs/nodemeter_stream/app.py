@@ -25,7 +25,10 @@ from nodemeter_stream.topics import Topics
 
 # Modules whose ``register(worker)`` adds agents/timers to the app. Pricing appends
 # "nodemeter_stream.agents.pricing".
-AGENT_MODULES: tuple[str, ...] = ("nodemeter_stream.agents.ingest",)
+AGENT_MODULES: tuple[str, ...] = (
+    "nodemeter_stream.agents.ingest",
+    "nodemeter_stream.agents.pricing",
+)
 
 
 def _env(name: str, default: str) -> str:
