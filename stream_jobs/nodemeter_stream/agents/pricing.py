@@ -75,6 +75,7 @@ class Pricing:
         table = {"partitions": cfg.partitions}  # values: JSON (the app default)
         self.tenants = ChangelogMap(app.Table("pricing-tenant-state", **table))
         self.seen = ChangelogMap(app.Table("pricing-priced-events", **table))
+        self.books_written = False
         r = worker.metrics.registry
         self.m_lines = Counter("nodemeter_priced_lines", "Priced lines written", registry=r)
         self.m_alerts = Counter("nodemeter_budget_alerts", "Budget alerts sent", registry=r)
@@ -96,6 +97,11 @@ class Pricing:
         )
 
     async def process(self, events: list[Any]) -> BatchResult:
+        if not self.books_written:
+            # with the first batch, not in a task of its own: while ClickHouse is down
+            # the agent waits in the sink like every other write, and stops cleanly
+            await self.write_price_books()
+            self.books_written = True
         items = [
             Item(
                 e.message.topic, e.message.partition, e.message.offset, e.key or b"", e.value or b""
@@ -177,10 +183,6 @@ def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
     pricing = Pricing(worker, engine or engine_from_env())
     app, policy = worker.app, worker.config.batch_policy
     worker.extras["pricing"] = pricing
-
-    @app.task
-    async def record_price_books() -> None:
-        await pricing.write_price_books()
 
     @app.agent(pricing.source, concurrency=1, name="price_usage")
     async def price_usage(stream: Any) -> None:
