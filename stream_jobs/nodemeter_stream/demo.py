@@ -34,7 +34,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from nodemeter.codec import encode_payload, record_key
+from nodemeter.codec import encode_payload
 from nodemeter.events import event_id_for
 
 TENANTS = ("acme", "globex", "initech")
