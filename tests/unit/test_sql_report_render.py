@@ -146,3 +146,19 @@ def test_html_page_has_graph_chart_and_tables() -> None:
     assert page.count("<svg") == 2
     assert "Total: <b>0.042125 USD</b>" in page
     assert "<td>r1</td>" in page
+
+
+def test_each_currency_has_its_own_total_and_shares() -> None:
+    nodes = (
+        NodeCost("qa", "llm", "USD", (), D("3"), 1),
+        NodeCost("qa", "gpu", "EUR", (), D("1"), 1),
+        NodeCost("qa", "llm", "EUR", (), D("1"), 1),
+    )
+    r = report(nodes=nodes, totals={"USD": D(3), "EUR": D(2)}, top_requests=())
+    rows = [ln.split() for ln in render_table(r).splitlines()]
+    assert ["llm", "qa", "-", "1", "3.000000", "USD", "100.0%"] in rows
+    assert ["gpu", "qa", "-", "1", "1.000000", "EUR", "50.0%"] in rows
+    assert ["TOTAL", "2", "2.000000", "EUR", "100.0%"] in rows
+    assert ["TOTAL", "1", "3.000000", "USD", "100.0%"] in rows
+    assert r.currency == "USD"  # the graph and chart are drawn in one currency
+    assert r.node_totals("EUR") == {"gpu": D(1), "llm": D(1)}
