@@ -123,6 +123,22 @@ def test_credit_grant_example_from_docs() -> None:
     assert total(lines) == D("2.00")
 
 
+def test_package_example_from_docs() -> None:
+    rates = [
+        {"meter": "api_calls", "charge": "package", "package_size": 1000,
+         "package_price": "0.50", "included_units": 1000},
+    ]  # fmt: skip
+    eng = PricingEngine(config(rates))
+    lines = run(eng, [event(1, api_calls=800), event(2, api_calls=900), event(3, api_calls=800)])
+    assert [(ln.event_id, ln.charge_model, ln.quantity, ln.amount) for ln in lines] == [
+        ("ev-1", "included", 800, D(0)),
+        ("ev-2", "included", 200, D(0)),
+        ("ev-2", "package", 700, D("0.50")),
+        ("ev-3", "package", 800, D("0.50")),
+    ]
+    assert total(lines) == D("1.00")
+
+
 def test_cached_tokens_priced_once_at_their_rate_and_savings_reported() -> None:
     rates = [
         {"meter": "input_tokens", "charge": "flat", "unit_price": "0.000003"},
