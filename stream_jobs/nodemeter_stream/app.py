@@ -161,6 +161,10 @@ def faust_app(config: WorkerConfig) -> Any:
         broker_commit_interval=config.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=max(4096, config.batch_size * 2),
+        # Do not wait for unacknowledged records on shutdown/rebalance: a batch waiting
+        # out a ClickHouse outage would never be acked. Nothing depends on it: records
+        # not acked are read again and deduplicated (see docs/worker.md).
+        stream_wait_empty=False,
         table_cleanup_interval=3600.0,
         producer_acks=-1,
     )
@@ -180,6 +184,13 @@ def build_app(config: WorkerConfig, *, sink: Any = None, metrics: Any = None) ->
         metrics=metrics if metrics is not None else WorkerMetrics(),
     )
     worker.sink.metrics = worker.metrics
+
+    @worker.app.on_before_shutdown.connect
+    async def stop_sink(app: Any, **_: Any) -> None:
+        # A write retrying through a ClickHouse outage must not hold up the shutdown;
+        # its batch was not acknowledged and is read again by the next worker.
+        worker.sink.stop()
+
     for name in config.agent_modules:
         importlib.import_module(name).register(worker)
     return worker

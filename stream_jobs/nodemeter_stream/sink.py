@@ -20,6 +20,7 @@ Use it like this (the ingest and pricing agents do)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -28,9 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from nodemeter.errors import NodemeterError
 from nodemeter_stream.store import ClickHouseConfig
 
 log = logging.getLogger("nodemeter.sink")
+
+
+class SinkStopped(NodemeterError):
+    """The sink was stopped while a write was still waiting for ClickHouse."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +67,7 @@ class ClickHouseSink:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = None
         self._stopping = False
+        self._stop_event = asyncio.Event()
         self.blocks_written = 0
 
     def _connect(self) -> Any:
@@ -105,7 +112,11 @@ class ClickHouseSink:
                 )
                 if _is_connection_lost(exc):
                     self._client = None
-                await asyncio.sleep(delay)
+                # Sleep, but wake at once on stop: a shutdown must not wait out an outage.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_event.wait(), delay)
+                if self._stopping:
+                    raise SinkStopped(f"stopped while retrying {what}") from exc
                 delay = min(delay * 2, self._retry_max_s)
 
     def _insert_now(self, block: Block) -> None:
@@ -140,10 +151,12 @@ class ClickHouseSink:
         return result
 
     def stop(self) -> None:
+        """Give up retrying (shutdown): pending writes raise SinkStopped, nothing is acked."""
         self._stopping = True
+        self._stop_event.set()
 
     async def close(self) -> None:
-        self._stopping = True
+        self.stop()
         client, self._client = self._client, None
         if client is not None:
             try:

@@ -292,3 +292,50 @@ def test_sigkill_mid_batch_then_restart_loses_nothing_and_counts_nothing_twice(
         f"\n[sigkill] killed after {done}/{len(msgs)} committed; "
         f"{int(physical[0]) - len(usage_events)} rows physically duplicated (collapsed by FINAL)"
     )
+
+
+def test_clickhouse_outage_pauses_consumption_and_nothing_is_lost(
+    kafka_bootstrap: str, topics: Any, tmp_path: Path
+) -> None:
+    rng = random.Random(3)
+    records, expected = requests_with_branches(40, rng=rng)
+    produce(kafka_bootstrap, topics.usage, encoded(records))
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: ClickHouse is "down"
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    down = WorkerProcess(
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topics.prefix,
+        chdb_path=tmp_path / "unused",
+        log_path=tmp_path / "down.log",
+        extra=("--url", f"http://127.0.0.1:{dead_port}"),  # the later --url wins
+    ).start()
+    try:
+        time.sleep(8)
+        assert down.alive(), down.log()[-3000:]
+        # back-pressure: nothing was acknowledged, so nothing was committed
+        assert all(o < 0 for o in committed(kafka_bootstrap, down.app_id, topics.usage).values())
+    finally:
+        assert down.stop() == 0, down.log()[-3000:]
+    assert "retrying" in down.log()
+
+    # ClickHouse is back: the same consumer group picks up every record
+    up = WorkerProcess(
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topics.prefix,
+        chdb_path=tmp_path / "chdb",
+        log_path=tmp_path / "up.log",
+        app_id=down.app_id,
+    ).start()
+    try:
+        wait_caught_up(kafka_bootstrap, up.app_id, topics.usage, worker=up)
+    finally:
+        assert up.stop() == 0, up.log()[-3000:]
+    nodes = query(
+        up.url,
+        up.database,
+        "SELECT tenant, request_id, node_id, input_tokens FROM request_nodes FINAL",
+    )
+    assert {(t, r, n): int(x) for t, r, n, x in nodes} == expected

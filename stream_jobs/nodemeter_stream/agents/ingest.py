@@ -17,6 +17,7 @@ A timer closes requests that timed out and expires old dedupe marks and request 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ from nodemeter_stream.core.rows import (
 )
 from nodemeter_stream.core.validate import DeadLetter, Source, classify
 from nodemeter_stream.rows import USAGE_EVENT_COLUMNS, usage_event_row
-from nodemeter_stream.sink import Block, ack_all
+from nodemeter_stream.sink import Block, SinkStopped, ack_all
 
 log = logging.getLogger("nodemeter.ingest")
 
@@ -314,15 +315,29 @@ def register(worker: Worker) -> Ingest:
 
     @app.task
     async def connect_sink() -> None:
-        await worker.sink.start()
+        with contextlib.suppress(SinkStopped):
+            await worker.sink.start()
 
     @app.agent(ingest.source, concurrency=1, name="ingest_usage")
     async def ingest_usage(stream: Any) -> None:
         async for events in stream.noack_take(policy.max_size, within=policy.max_wait_s):
-            # Shielded: a SIGTERM lets the batch in flight finish and be acknowledged.
-            await asyncio.shield(ingest.process(events))
+            try:
+                # Shielded: a cancellation does not interrupt a ClickHouse write half-way.
+                await asyncio.shield(ingest.process(events))
+            except SinkStopped:
+                # Shutdown during a ClickHouse outage: leave the batch unacknowledged (the
+                # next worker reads it again) and end, so Faust's wait for acks can end.
+                log.warning("sink stopped; %d records left unacknowledged", len(events))
+                return
             await ack_all(stream, events)
             ingest.update_lag(events)
+
+    @app.on_partitions_revoked.connect
+    async def finish_batch_before_revoke(app: Any, revoked: Any, **_: Any) -> None:
+        # Let the batch in flight finish its state writes before another worker owns the
+        # partitions (the app does not wait for unacked records, see app.py).
+        async with ingest.lock:
+            pass
 
     @app.timer(worker.config.sweep_interval_s)
     async def sweep_requests() -> None:
