@@ -254,6 +254,17 @@ def test_redelivered_event_reemits_the_same_lines() -> None:
     assert state["windows"]["2026-10"]["units"] == {"custom:pages|m||": 1200}
 
 
+def test_without_kept_lines_a_duplicate_emits_nothing_and_is_not_priced() -> None:
+    rates = [{"meter": "custom:pages", "charge": "graduated", "tiers": TIERS}]
+    eng = PricingEngine(config(rates), keep_lines=False)
+    state, seen = fresh()
+    first = eng.process(state, seen, event(1, custom={"pages": 1200}))
+    again = eng.process(state, seen, event(1, custom={"pages": 1200}))
+    assert len(first.lines) == 2 and again.duplicate and again.lines == []
+    assert seen["t1|ev-1"]["lines"] == []
+    assert state["windows"]["2026-10"]["units"] == {"custom:pages|m||": 1200}
+
+
 def test_crash_before_state_saved_reprices_identically() -> None:
     """At-least-once: the event is redelivered against the state from before it."""
     eng = PricingEngine(config([{"meter": "custom:pages", "charge": "graduated", "tiers": TIERS}]))

@@ -58,8 +58,12 @@ def engine_from_env() -> PricingEngine:
         )
     grace = float(os.environ.get("NODEMETER_PRICING_GRACE_S", "3600"))
     retention = float(os.environ.get("NODEMETER_PRICING_RETENTION_S", str(40 * 86400)))
+    # keep_lines=False: the state is stored only after ClickHouse acknowledged the lines
     return PricingEngine(
-        load_config(path), grace=timedelta(seconds=grace), retention=timedelta(seconds=retention)
+        load_config(path),
+        grace=timedelta(seconds=grace),
+        retention=timedelta(seconds=retention),
+        keep_lines=False,
     )
 
 

@@ -6,9 +6,10 @@ and recover it after a crash:
 - tenant state (one dict per tenant): event-time watermark, open and recently closed
   billing windows (cumulative units per usage key, volume accumulators, credit-grant
   use) and budget spend;
-- seen records (one per event, keyed ``tenant|event_id``): the lines and alerts the
-  event produced. A redelivered event is answered from here: the *same* lines and
-  alerts are emitted again (same ids, collapsed downstream), never priced twice.
+- seen records (one per event, keyed ``tenant|event_id``): the alerts the event
+  produced and (unless ``keep_lines=False``) its lines. A redelivered event is answered
+  from here: the *same* lines and alerts are emitted again (same ids, collapsed
+  downstream), never priced twice.
 
 Pricing is deterministic given the recovered state and the order of a tenant's
 events, so a replay after a crash reproduces the same tiers, amounts and ids.
@@ -75,12 +76,17 @@ class PricingEngine:
         *,
         grace: timedelta = timedelta(hours=1),
         retention: timedelta = timedelta(days=40),
+        keep_lines: bool = True,
     ) -> None:
+        """``keep_lines=False``: seen records keep no lines, only the alerts. For a caller
+        that stores the state only after the lines are durably written (the worker),
+        a duplicate never needs its lines again, and the state stays small."""
         if retention <= grace:
             raise ValueError("retention must be longer than grace")
         self.config = config
         self.grace = grace
         self.retention = retention
+        self.keep_lines = keep_lines
         self._zones: dict[str, ZoneInfo] = {}
 
     # --- public ------------------------------------------------------------------
@@ -135,7 +141,7 @@ class PricingEngine:
         seen[key] = {
             "tenant": event.tenant,
             "window": win.window_id,
-            "lines": [ln.to_dict() for ln in lines],
+            "lines": [ln.to_dict() for ln in lines] if self.keep_lines else [],
             "alerts": [a.to_dict() for a in alerts],
         }
         return Outcome(lines=lines, alerts=alerts, budget_keys=touched)
