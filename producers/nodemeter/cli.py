@@ -22,7 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("nodemeter_stream.migrate_cli", "apply the SQL migrations to ClickHouse"),
     "rebuild": ("nodemeter_stream.analytics.rebuild_cli", "rebuild rollups from base tables"),
     "report": ("nodemeter_stream.analytics.report_cli", "per-node cost report (--html)"),
-    "demo": ("nodemeter_stream.demo", "the demo pipeline: broker, worker, traffic, report, reconciliation"),
+    "demo": (
+        "nodemeter_stream.demo",
+        "the demo pipeline: broker, worker, traffic, report, reconciliation",
+    ),
     "smoke": ("nodemeter_stream.smoke", "produce, consume and store a few events end to end"),
     "sql": ("nodemeter_stream.analytics.sql_cli", "run SQL or a library query, print a table"),
     "worker": (

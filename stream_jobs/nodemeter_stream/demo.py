@@ -66,11 +66,18 @@ def say(msg: str) -> None:
 
 @dataclass
 class SimClock:
-    """The SDK's clock during the demo: simulated event time, never naive."""
+    """The SDK's clock during the demo: simulated, timezone-aware event time.
+
+    Every reading moves it on by ``tick``, so the spans of a request end one after
+    the other (the report draws the workflow graph from that order), and a re-run
+    of the same request from the same start reads the same times.
+    """
 
     now: datetime
+    tick: timedelta = timedelta(milliseconds=40)
 
     def __call__(self) -> datetime:
+        self.now += self.tick
         return self.now
 
 
@@ -181,7 +188,8 @@ def drive_traffic(
                 rng.randint(40, 160) * len(batch), [rng.randint(64, 512) for _ in batch]
             )
             for i, gpu_ms in zip(batch, shares, strict=True):
-                clock.now = start + span * i + timedelta(seconds=rng.randint(0, 600))
+                began = start + span * i + timedelta(seconds=rng.randint(0, 600))
+                clock.now = began
                 request_id = f"{tenant}-{i:05d}"
                 asyncio.run(
                     one_request(
@@ -190,7 +198,7 @@ def drive_traffic(
                 )
                 traffic.requests += 1
                 traffic.request_ids.append((tenant, request_id))
-                traffic.replay[request_id] = (clock.now, gpu_ms)
+                traffic.replay[request_id] = (began, gpu_ms)
     traffic.events = _emitted(meter)
     # Producer retries / service re-runs: the same request again gives the same event ids.
     for tenant, request_id in rng.sample(
@@ -237,7 +245,7 @@ def malformed_records(now: datetime) -> list[tuple[bytes | None, bytes, str]]:
 
 
 def _with_defaults(d: dict[str, Any]) -> dict[str, Any]:
-    meters = {
+    meters: dict[str, Any] = {
         "input_tokens": 0,
         "output_tokens": 0,
         "cached_input_tokens": 0,
@@ -250,7 +258,7 @@ def _with_defaults(d: dict[str, Any]) -> dict[str, Any]:
         "custom": {},
     }
     meters.update(d.get("meters", {}))
-    out = {
+    out: dict[str, Any] = {
         "parent_span_id": None,
         "branch_path": "",
         "workflow": WORKFLOW,

@@ -8,9 +8,10 @@ from decimal import Decimal as D
 from typing import Any
 
 import pytest
-from analytics_data import DEC_START, NOV_START, load_known
+from analytics_data import DEC_START, NOV_START, load_known, t
 
 from nodemeter_stream.analytics import queries
+from nodemeter_stream.analytics.report import collect
 
 pytestmark = pytest.mark.clickhouse
 
@@ -147,11 +148,25 @@ def test_cost_over_time_daily_and_hourly(known: Any) -> None:
     assert sum(r[3] for r in hourly) == D("0.042125")
 
 
-def test_node_edges(known: Any) -> None:
-    assert run(known, "node_edges", **NOV) == [
-        ("qa", "llm.answer", "gpu.rerank", 2),
-        ("qa", "preprocess", "llm.answer", 2),
-        ("qa", "preprocess", "llm.summarize", 1),
+def test_request_spans_and_the_graph_built_from_them(known: Any) -> None:
+    rows = run(known, "request_spans", limit=10, **NOV)
+    assert [(r[0], r[2], r[3], r[4], r[5], r[6].replace(tzinfo=UTC)) for r in rows] == [
+        ("r1", "s0", "", "", "preprocess", t(2, 10, 0)),
+        ("r1", "s1", "s0", "", "llm.answer", t(2, 10, 1)),
+        ("r1", "s3", "s0", "", "llm.summarize", t(2, 10, 1)),
+        ("r1", "s2", "s1", "", "gpu.rerank", t(2, 10, 2)),
+        ("r2", "s0", "", "", "preprocess", t(3, 11, 0)),
+        ("r2", "s1", "s0", "", "llm.answer", t(3, 11, 0)),
+        ("r2", "s2", "s1", "", "gpu.rerank", t(3, 11, 1)),
+        ("warm", "w0", "", "", "gpu.rerank", t(2, 9, 0)),
+    ]  # fmt: skip
+    # the most recent request only
+    assert {r[0] for r in run(known, "request_spans", limit=1, **NOV)} == {"r2"}
+    report = collect(known, tenant="acme", start=NOV_START, end=DEC_START)
+    assert [(e.parent, e.node, e.requests) for e in report.edges] == [
+        ("llm.answer", "gpu.rerank", 2),
+        ("llm.answer", "llm.summarize", 1),
+        ("preprocess", "llm.answer", 2),
     ]
 
 
@@ -192,7 +207,7 @@ COVERAGE = {
     "price_book_versions": test_price_book_versions,
     "daily_spend": test_daily_spend_with_running_total,
     "cost_over_time": test_cost_over_time_daily_and_hourly,
-    "node_edges": test_node_edges,
+    "request_spans": test_request_spans_and_the_graph_built_from_them,
     "reconcile": test_reconcile_all_ok,
 }
 

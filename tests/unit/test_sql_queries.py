@@ -22,9 +22,9 @@ SIGNATURES = {
     "gpu_measured_vs_estimated": PERIOD,
     "model_meter_daily": PERIOD,
     "node_costs": PERIOD,
-    "node_edges": PERIOD,
     "price_book_versions": PERIOD,
     "reconcile": {},
+    "request_spans": {**PERIOD, "limit": "UInt32"},
     "top_requests": {**PERIOD, "limit": "UInt32"},
 }
 

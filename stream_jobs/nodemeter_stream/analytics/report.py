@@ -106,6 +106,7 @@ def collect(
     start: datetime,
     end: datetime,
     top: int = 5,
+    graph_requests: int = 500,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     progress: Progress = no_progress,
 ) -> Report:
@@ -125,9 +126,19 @@ def collect(
         for r in queries.run(client, "node_costs", **period).dicts()
     )
     progress("report", 1, steps, "node costs")
-    edges = tuple(
-        Edge(r["workflow"], r["parent_node"], r["node"], int(r["requests"]))
-        for r in queries.run(client, "node_edges", **period).dicts()
+    from nodemeter_stream.analytics.graph import SpanRow, execution_edges
+
+    edges = execution_edges(
+        SpanRow(
+            r["request_id"],
+            r["workflow"],
+            r["span_id"],
+            r["parent_span_id"],
+            r["branch_path"],
+            r["node_id"],
+            _utc(r["ended_at"]),
+        )
+        for r in queries.run(client, "request_spans", limit=graph_requests, **period).dicts()
     )
     progress("report", 2, steps, "workflow graph")
     hours = bucket_hours_for(start, end)
