@@ -28,7 +28,7 @@ help: ## list targets
 setup: $(STAMP) ## create .venv and install everything (idempotent)
 
 demo: $(STAMP) ## the main job: run the demo pipeline on the embedded defaults
-	$(BIN)/nodemeter smoke
+	$(BIN)/nodemeter demo
 
 test: $(STAMP) ## the whole test suite, fault tests included
 	$(BIN)/pytest $(PYTEST_ARGS)
