@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--bad", type=float, default=0.01)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--profile", help="write a cProfile of the worker to this file")
+    ap.add_argument("--agents", help="agents to run, e.g. 'ingest' (default: all)")
     args = ap.parse_args()
 
     bootstrap = bootstrap_servers()
@@ -74,7 +75,13 @@ def main() -> int:
             topic_prefix=topics.prefix,
             chdb_path=Path(tmp) / "chdb",
             log_path=Path(tmp) / "worker.log",
-            extra=("--batch-size", str(args.batch), "--log-level", "info"),
+            extra=(
+                "--batch-size",
+                str(args.batch),
+                "--log-level",
+                "info",
+                *(("--agents", args.agents) if args.agents else ()),
+            ),
         )
         if args.profile:
             w.python_args = ("-m", "cProfile", "-o", args.profile, "-m")

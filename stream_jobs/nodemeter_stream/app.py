@@ -75,6 +75,8 @@ class WorkerConfig:
             raise ConfigError("request_retention_s must be >= request_timeout_s")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port {self.metrics_port} out of range")
+        if not self.agent_modules:
+            raise ConfigError("agent_modules must name at least one agent module")
         if self.heartbeat_interval_s * 3 > self.session_timeout_s:
             raise ConfigError("heartbeat_interval_s must be at most a third of session_timeout_s")
 
@@ -115,6 +117,13 @@ class WorkerConfig:
                     values[name] = fn(raw)
                 except ValueError as exc:
                     raise ConfigError(f"NODEMETER_WORKER_{name.upper()}={raw!r}: {exc}") from exc
+        agents = os.environ.get("NODEMETER_WORKER_AGENTS")
+        if agents:
+            values["agent_modules"] = tuple(
+                a if "." in a else f"nodemeter_stream.agents.{a}"
+                for a in (x.strip() for x in agents.split(","))
+                if a
+            )
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "clickhouse" not in values:
             values["clickhouse"] = ClickHouseConfig()

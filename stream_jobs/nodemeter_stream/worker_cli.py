@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--session-timeout", type=float, dest="session_timeout_s", help="seconds (30)")
     a("--heartbeat-interval", type=float, dest="heartbeat_interval_s", help="seconds (3)")
     a("--commit-interval", type=float, dest="commit_interval_s", help="offset commit, seconds (1)")
+    a(
+        "--agents",
+        help="comma-separated agent modules to run (default: all of AGENT_MODULES); "
+        "short names like 'ingest' mean nodemeter_stream.agents.<name>",
+    )
     a("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -84,7 +89,15 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         session_timeout_s=args.session_timeout_s,
         heartbeat_interval_s=args.heartbeat_interval_s,
         commit_interval_s=args.commit_interval_s,
+        agent_modules=agent_modules(args.agents),
     )
+
+
+def agent_modules(spec: str | None) -> tuple[str, ...] | None:
+    if not spec:
+        return None
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    return tuple(n if "." in n else f"nodemeter_stream.agents.{n}" for n in names)
 
 
 def run(args: argparse.Namespace) -> int:

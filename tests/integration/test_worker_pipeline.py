@@ -27,7 +27,7 @@ from worker_harness import (
     wait_caught_up,
 )
 
-from nodemeter.codec import encode_payload, usage_event_to_avro
+from nodemeter.codec import decode_payload, encode_payload, usage_event_to_avro
 from nodemeter.events import Record, UsageEvent
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
@@ -185,7 +185,10 @@ def test_100k_events_with_duplicates_and_malformed_are_stored_exactly(
     rng.shuffle(mixed)
     produce(kafka_bootstrap, topics.usage, mixed)
 
-    w = worker_for(kafka_bootstrap, topics, tmp_path, "--batch-size", "5000").start()
+    # Only the ingest agent: this run measures (and checks) ingest; pricing has its own tests.
+    w = worker_for(
+        kafka_bootstrap, topics, tmp_path, "--batch-size", "5000", "--agents", "ingest"
+    ).start()
     t0 = time.monotonic()
     try:
         wait_caught_up(kafka_bootstrap, w.app_id, topics.usage, worker=w, timeout=400)
@@ -218,7 +221,6 @@ def test_100k_events_with_duplicates_and_malformed_are_stored_exactly(
     dlq = consume_all(kafka_bootstrap, topics.dlq, expect=len(bad), timeout=60)
     assert sorted(m.value() for m in dlq) == sorted(m.value() for m in dlq)  # readable
     assert len(dlq) == len(bad)
-    from nodemeter.codec import decode_payload
 
     payloads = sorted(decode_payload(m.value())[1]["payload"] for m in dlq)
     assert payloads == sorted(v for _, v in bad)
