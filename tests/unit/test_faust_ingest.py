@@ -169,3 +169,18 @@ def test_request_timeout_closes_as_incomplete_via_the_sweep(wired: Any) -> None:
     (record,) = sink.rows("request_records")
     assert record[1] == "r9" and record[3] is False  # incomplete
     assert ingest.get_state("acme/r9").closed
+
+
+def test_sweep_expires_dedupe_marks_after_the_ttl(wired: Any) -> None:
+    worker, sink, ingest = wired
+    agent = worker.extras["ingest_agent"]
+    now = [5_000_000]
+    ingest.clock = lambda: now[0]
+    a = ev("a", 1, req="r7")
+    asyncio.run(put_all(agent, sink, [(b"acme/r7", encode_record(a))]))
+    assert ingest.is_seen(a.event_id)
+    now[0] += worker.config.dedupe_ttl_s * 1000 + 1
+    assert not ingest.is_seen(a.event_id)  # past the TTL it no longer counts...
+    ingest._next_housekeeping_ms = 0
+    asyncio.run(ingest.sweep())
+    assert ingest.seen.get(a.event_id) is None  # ...and the sweep drops it (with a tombstone)
