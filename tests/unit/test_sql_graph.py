@@ -75,3 +75,12 @@ def test_edges_count_requests() -> None:
     assert edges[("preprocess", "db.query")] == 2
     assert set(edges.values()) == {2}
     assert all(e.workflow == "rag" for e in execution_edges(spans))
+
+
+def test_branches_forked_inside_a_recording_parent_hang_off_the_parent() -> None:
+    spans = [
+        span("f", "features", 10),
+        span("a", "llm.a", 20, parent="f", path="0"),
+        span("b", "llm.b", 25, parent="f", path="1"),
+    ]
+    assert request_edges(spans) == {("features", "llm.a"), ("features", "llm.b")}

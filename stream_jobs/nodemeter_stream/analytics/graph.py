@@ -49,10 +49,14 @@ def request_edges(spans: list[SpanRow]) -> set[tuple[str, str]]:
     edges: set[tuple[str, str]] = set()
     for parent_id, kids in children.items():
         kids.sort(key=lambda s: (s.ended_at, s.branch_path, s.span_id))
-        base = min((k.branch_path for k in kids), key=lambda p: (_depth(p), p))
+        parent = by_id.get(parent_id)
+        # the parent's own path; for a parent that recorded nothing, the shallowest path
+        if parent is not None:
+            base = parent.branch_path
+        else:
+            base = min((k.branch_path for k in kids), key=lambda p: (_depth(p), p))
         main = [k for k in kids if k.branch_path == base]
         forks = [k for k in kids if k.branch_path != base]
-        parent = by_id.get(parent_id)
         if parent is not None:
             first = main[0] if main else kids[0]
             edges.add((parent.node_id, first.node_id))
