@@ -143,7 +143,9 @@ class Pricing:
         marked: dict[str, int] = {}
         for key, partition, alert in res.to_send:
             k, v = encode_alert(alert)
-            delivered = await self.alerts_topic.send(key=k, value=v)
+            # force=True: not attached to the current event (Faust would publish an attached
+            # message only when the batch is acked, after this await: a deadlock)
+            delivered = await self.alerts_topic.send(key=k, value=v, force=True)
             await delivered  # on the broker before we record it as sent
             marked[key] = partition
         for key, partition in marked.items():
