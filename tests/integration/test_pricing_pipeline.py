@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -66,7 +67,12 @@ tenants:
 
 # Launch the stock worker CLI with the pricing agent registered whatever AGENT_MODULES says.
 _LAUNCH = """
-import dataclasses, sys
+import asyncio, dataclasses, faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # stack dump on demand (diagnostics)
+def _tasks(*_):  # asyncio task stacks on SIGUSR2 (diagnostics for a stalled worker)
+    for t in asyncio.all_tasks(asyncio.get_event_loop_policy().get_event_loop()):
+        t.print_stack(file=sys.stderr)
+signal.signal(signal.SIGUSR2, _tasks)
 from nodemeter_stream import worker_cli
 _orig = worker_cli.config_from_args
 def _cfg(args):
@@ -188,9 +194,11 @@ def reference(cfg: PricingConfig, events: list[UsageEvent]) -> tuple[dict[tuple[
     return net, over
 
 
-def test_month_of_usage_prices_exactly_and_alerts_once_across_a_restart(
-    kafka_bootstrap: str, topics: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+Alert = tuple[str, str, str, int]
+
+
+def scenario(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[UsageEvent], dict[tuple[str, str], Decimal], set[Alert]]:  # fmt: skip
+    """The events, the expected net total per (tenant, window) and the expected alerts."""
     books = tmp_path / "books"
     books.mkdir()
     for name in ("default.yaml", "acme.yaml", "globex.yaml"):
@@ -211,7 +219,7 @@ def test_month_of_usage_prices_exactly_and_alerts_once_across_a_restart(
             bw = wid[:7] if b.window.value == "month" else wid
             spend[(tenant, b.name, bw)] += amount
             bound[(tenant, b.name, bw)] += over[(tenant, wid)]
-    expected_alerts = set()
+    expected_alerts: set[Alert] = set()
     for (tenant, name, bw), s in spend.items():
         b = next(x for x in cfg.plan_for(tenant).budgets if x.name == name)
         for t in b.thresholds:
@@ -220,55 +228,42 @@ def test_month_of_usage_prices_exactly_and_alerts_once_across_a_restart(
             if s >= level:
                 expected_alerts.add((tenant, name, bw, t))
     assert len(expected_alerts) >= 8  # the data does cross budgets
+    return events, net, expected_alerts
 
-    messages = [(record_key(e), encode_record(e)) for e in events]
-    half = len(messages) // 2
-    worker = PricingWorker(
-        bootstrap=kafka_bootstrap, topic_prefix=topics.prefix, chdb_path=tmp_path / "chdb",
-        log_path=tmp_path / "worker.log",
-    )  # fmt: skip
 
-    def drain() -> None:
-        wait_caught_up(kafka_bootstrap, worker.app_id, topics.usage, timeout=180, worker=worker)
-        time.sleep(1.0)  # forwarded records are in flight until the producer flushed
-        # three tenants on four partitions: an empty partition never gets a commit
-        want = {
-            p: hi for p, hi in end_offsets(kafka_bootstrap, topics.usage_by_tenant).items() if hi
-        }
-        deadline = time.monotonic() + 180
-        while True:
-            assert worker.alive(), worker.log()[-5000:]
-            got = committed(kafka_bootstrap, worker.app_id, topics.usage_by_tenant)
-            if all(got.get(p, -1) >= hi for p, hi in want.items()):
-                return
-            assert time.monotonic() < deadline, (got, want)
-            time.sleep(0.3)
-
-    produce(kafka_bootstrap, topics.usage, messages[:half])
-    worker.start()
+def drain(bootstrap: str, topics: Any, worker: WorkerProcess) -> None:
+    """Wait until the worker committed everything on the usage and usage-by-tenant topics."""
     try:
-        drain()
-        assert worker.stop() == 0, worker.log()[-3000:]
-        produce(kafka_bootstrap, topics.usage, messages[half:])
-        produce(kafka_bootstrap, topics.usage, messages[:40])  # a resend: must not count twice
-        worker.start()
-        drain()
-        assert worker.stop() == 0, worker.log()[-3000:]
-    finally:
-        if worker.alive():
-            worker.kill()
+        wait_caught_up(bootstrap, worker.app_id, topics.usage, timeout=120, worker=worker)
+    except TimeoutError:
+        assert worker.proc is not None
+        worker.proc.send_signal(signal.SIGUSR2)
+        time.sleep(2)
+        raise
+    time.sleep(1.0)  # forwarded records are in flight until the producer flushed
+    # three tenants on four partitions: an empty partition never gets a commit
+    want = {p: hi for p, hi in end_offsets(bootstrap, topics.usage_by_tenant).items() if hi}
+    deadline = time.monotonic() + 180
+    while True:
+        assert worker.alive(), worker.log()[-5000:]
+        got = committed(bootstrap, worker.app_id, topics.usage_by_tenant)
+        if all(got.get(p, -1) >= hi for p, hi in want.items()):
+            return
+        assert time.monotonic() < deadline, (got, want)
+        time.sleep(0.3)
 
+
+def check_clickhouse(worker: WorkerProcess, net: dict[tuple[str, str], Decimal], expected_alerts: set[Alert]) -> None:  # fmt: skip
     rows = query(
         worker.url, worker.database,
         "SELECT tenant, window_id, toString(sum(amount)) FROM priced_lines FINAL GROUP BY tenant, window_id",
     )  # fmt: skip
-    got = {(t, w): D(s) for t, w, s in rows}
-    assert got == net
+    assert {(t, w): D(s) for t, w, s in rows} == net
     kinds = query(
         worker.url, worker.database,
         "SELECT line_kind, countIf(amount < 0) FROM priced_lines FINAL GROUP BY line_kind ORDER BY line_kind",
     )  # fmt: skip
-    assert dict((k, int(n)) for k, n in kinds)["usage"] == 0  # usage lines never negative
+    assert {k: int(n) for k, n in kinds}["usage"] == 0  # usage lines never negative
     alerts = query(
         worker.url, worker.database,
         "SELECT tenant, budget, window_id, threshold_pct, count() FROM budget_alerts FINAL GROUP BY ALL",
@@ -276,16 +271,45 @@ def test_month_of_usage_prices_exactly_and_alerts_once_across_a_restart(
     assert {(t, b, w, int(p)) for t, b, w, p, _ in alerts} == expected_alerts
     assert all(int(n) == 1 for *_, n in alerts)
 
-    on_topic = consume_all(
-        kafka_bootstrap, topics.budget_alerts, expect=len(expected_alerts) + 1, timeout=15
-    )
-    decoded = [decode_payload(m.value())[1] for m in on_topic]
+
+def alerts_on_topic(bootstrap: str, topics: Any, expect: int) -> list[dict[str, Any]]:
+    msgs = consume_all(bootstrap, topics.budget_alerts, expect=expect + 1, timeout=15)
+    return [decode_payload(m.value())[1] for m in msgs]
+
+
+def key_of(d: dict[str, Any]) -> Alert:
+    return (d["tenant"], d["budget_id"], d["attributes"]["window_id"], d["threshold_pct"])
+
+
+def test_month_of_usage_prices_exactly_and_alerts_once_across_a_restart(
+    kafka_bootstrap: str, topics: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events, net, expected_alerts = scenario(tmp_path, monkeypatch)
+    messages = [(record_key(e), encode_record(e)) for e in events]
+    half = len(messages) // 2
+    worker = PricingWorker(
+        bootstrap=kafka_bootstrap, topic_prefix=topics.prefix, chdb_path=tmp_path / "chdb",
+        log_path=tmp_path / "worker.log",
+    )  # fmt: skip
+    produce(kafka_bootstrap, topics.usage, messages[:half])
+    worker.start()
+    try:
+        drain(kafka_bootstrap, topics, worker)
+        assert worker.stop() == 0, worker.log()[-3000:]
+        produce(kafka_bootstrap, topics.usage, messages[half:])
+        produce(kafka_bootstrap, topics.usage, messages[:40])  # a resend: must not count twice
+        worker.start()
+        drain(kafka_bootstrap, topics, worker)
+        assert worker.stop() == 0, worker.log()[-3000:]
+    finally:
+        if worker.alive():
+            worker.kill()
+
+    check_clickhouse(worker, net, expected_alerts)
+    decoded = alerts_on_topic(kafka_bootstrap, topics, len(expected_alerts))
     ids = [d["alert_id"] for d in decoded]
     assert len(ids) == len(set(ids)) == len(expected_alerts)  # exactly once, across the restart
-    assert {
-        (d["tenant"], d["budget_id"], d["attributes"]["window_id"], d["threshold_pct"])
-        for d in decoded
-    } == expected_alerts
+    assert {key_of(d) for d in decoded} == expected_alerts
 
     latest: dict[bytes, dict[str, Any]] = {}
     for m in consume_all(kafka_bootstrap, topics.budget_state, expect=10_000, timeout=10):
@@ -295,3 +319,44 @@ def test_month_of_usage_prices_exactly_and_alerts_once_across_a_restart(
     assert (
         acme_nov[0]["status"] == "WARNING" and acme_nov[0]["hard_limit"] is True
     )  # 50% < spend < 100%
+
+
+def test_sigkill_mid_month_then_restart_prices_exactly(
+    kafka_bootstrap: str, topics: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker is SIGKILLed while pricing (right after the ingest agent committed the
+    first part of the month, while the pricing agent works through it): nothing lost,
+    nothing counted twice in ClickHouse; on the topic every expected alert id arrives
+    (a re-send carries the same id).
+
+    The kill is placed after ingest caught up so that it hits the pricing agent: a kill
+    inside an ingest batch can lose forwards to usage-by-tenant (ingest marks events seen
+    before its forwards are delivered; reported to the worker workstream).
+    """
+    events, net, expected_alerts = scenario(tmp_path, monkeypatch)
+    messages = [(record_key(e), encode_record(e)) for e in events]
+    worker = PricingWorker(
+        bootstrap=kafka_bootstrap, topic_prefix=topics.prefix, chdb_path=tmp_path / "chdb",
+        log_path=tmp_path / "worker.log",
+    )  # fmt: skip
+    cut = len(messages) * 2 // 3
+    produce(kafka_bootstrap, topics.usage, messages[:cut])
+    worker.start()
+    try:
+        wait_caught_up(kafka_bootstrap, worker.app_id, topics.usage, timeout=120, worker=worker)
+        worker.kill()  # SIGKILL while the pricing agent is busy with what ingest forwarded
+        worker.start()
+        produce(kafka_bootstrap, topics.usage, messages[cut:])
+        drain(kafka_bootstrap, topics, worker)
+        assert worker.stop() == 0, worker.log()[-3000:]
+    finally:
+        if worker.alive():
+            worker.kill()
+
+    check_clickhouse(worker, net, expected_alerts)
+    decoded = alerts_on_topic(kafka_bootstrap, topics, len(expected_alerts))
+    assert {key_of(d) for d in decoded} == expected_alerts
+    by_id: dict[str, set[Alert]] = defaultdict(set)
+    for d in decoded:
+        by_id[d["alert_id"]].add(key_of(d))
+    assert len(by_id) == len(expected_alerts) and all(len(v) == 1 for v in by_id.values())

@@ -135,7 +135,7 @@ def price_batch(
         state = states[tenant]
         snapshot = json.dumps(state)
         try:
-            out = engine.process(state, overlay, record)
+            out = engine.process(state, overlay, record, source=(item.partition, item.offset))
         except (PricingError, InvalidUsageError) as exc:
             states[tenant] = json.loads(snapshot)  # nothing of a rejected event stays
             result.rejected.append(

@@ -57,7 +57,7 @@ class Outcome:
 
 
 def new_state(tenant: str) -> dict[str, Any]:
-    return {"tenant": tenant, "watermark": None, "windows": {}, "budgets": {}}
+    return {"tenant": tenant, "watermark": None, "windows": {}, "budgets": {}, "applied": {}}
 
 
 def seen_key(tenant: str, event_id: str) -> str:
@@ -100,21 +100,34 @@ class PricingEngine:
         return self._zones[plan.time_zone]
 
     def process(
-        self, state: dict[str, Any], seen: MutableMapping[str, Any], event: UsageEvent
+        self,
+        state: dict[str, Any],
+        seen: MutableMapping[str, Any],
+        event: UsageEvent,
+        *,
+        source: tuple[int, int] | None = None,
     ) -> Outcome:
-        """Price one event of ``state['tenant']``; mutates ``state`` and ``seen``."""
+        """Price one event of ``state['tenant']``; mutates ``state`` and ``seen``.
+
+        ``source`` = (partition, offset) of the record in a topic keyed by tenant (so a
+        tenant's records are in one partition, in order). The state then remembers the
+        last offset applied, which makes it self-sufficient: a redelivered record at or
+        below it is a duplicate even if its seen record was lost, and a seen record
+        from the *same* offset above it means the state of that batch was lost, so the
+        record is priced again (identically). Only a record at another offset with a
+        seen record is a resend.
+        """
         if event.tenant != state["tenant"]:
             raise ValueError(
                 f"event of tenant {event.tenant!r} given to state of {state['tenant']!r}"
             )
         key = seen_key(event.tenant, event.event_id)
         record = seen.get(key)
-        if record is not None:
-            return Outcome(
-                lines=[PricedLine.from_dict(d) for d in record["lines"]],
-                alerts=[BudgetAlert.from_dict(d) for d in record["alerts"]],
-                duplicate=True,
-            )
+        applied = state.setdefault("applied", {})
+        if source is not None and source[1] <= applied.get(str(source[0]), -1):
+            return self._duplicate(record)
+        if record is not None and (source is None or record.get("source") != list(source)):
+            return self._duplicate(record)
         plan = self.config.plan_for(event.tenant)
         tz = self.tz(plan)
         win = window_for(event.event_time, plan.billing_window, tz)
@@ -143,8 +156,21 @@ class PricingEngine:
             "window": win.window_id,
             "lines": [ln.to_dict() for ln in lines] if self.keep_lines else [],
             "alerts": [a.to_dict() for a in alerts],
+            "source": list(source) if source is not None else None,
         }
+        if source is not None:
+            applied[str(source[0])] = source[1]
         return Outcome(lines=lines, alerts=alerts, budget_keys=touched)
+
+    @staticmethod
+    def _duplicate(record: Any) -> Outcome:
+        if record is None:  # applied (per the state) but its seen record was lost
+            return Outcome(duplicate=True)
+        return Outcome(
+            lines=[PricedLine.from_dict(d) for d in record["lines"]],
+            alerts=[BudgetAlert.from_dict(d) for d in record["alerts"]],
+            duplicate=True,
+        )
 
     def close_all(self, state: dict[str, Any]) -> Outcome:
         """Settle every open window now (end of a replay, tests, an operator's close)."""
