@@ -8,6 +8,7 @@ broker is started when neither is given). Logs are JSON lines on stderr.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -117,15 +118,31 @@ def run(args: argparse.Namespace) -> int:
         setup_logging(args.log_level)
 
     class Worker(faust.Worker):  # type: ignore[misc]
-        # Stop the sink's retries first: Faust waits for in-flight records to be acked
-        # before it stops, and during a ClickHouse outage they never would be.
+        """Graceful stop: finish the batch in flight, commit its offsets, then stop Faust."""
+
         def _on_sigterm(self) -> None:
-            worker.sink.stop()
-            super()._on_sigterm()
+            self._drain_then(super()._on_sigterm)
 
         def _on_sigint(self) -> None:
+            self._drain_then(super()._on_sigint)
+
+        def _drain_then(self, stop: Any) -> None:
+            # Retries through a ClickHouse outage give up at once (that batch stays
+            # unacknowledged); a healthy write in flight completes.
             worker.sink.stop()
-            super()._on_sigint()
+            self._drain_task = asyncio.ensure_future(drain(stop), loop=self.loop)
+
+    async def drain(stop: Any) -> None:
+        ingest = worker.extras.get("ingest")
+        try:
+            if ingest is not None:
+                ingest.draining = True
+                await asyncio.wait_for(ingest.idle.wait(), cfg.session_timeout_s)
+            await worker.app.commit(None)
+            log.info("drained: the last batch is stored and its offsets committed")
+        except Exception as exc:  # best effort: anything not committed is read again
+            log.warning("drain before stop incomplete: %r", exc)
+        stop()
 
     fw = Worker(worker.app, loglevel=args.log_level.upper(), quiet=True)
     log.info(

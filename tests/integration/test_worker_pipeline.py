@@ -33,13 +33,18 @@ from nodemeter.events import Record, UsageEvent
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 
+# These tests check the ingest agent; they run it alone so that other agents (pricing,
+# tested on its own) neither slow them down nor make their timing vary.
+INGEST_ONLY = ("--agents", "ingest")
+
+
 def worker_for(bootstrap: str, topics: Any, tmp_path: Path, *extra: str) -> WorkerProcess:
     return WorkerProcess(
         bootstrap=bootstrap,
         topic_prefix=topics.prefix,
         chdb_path=tmp_path / "chdb",
         log_path=tmp_path / "worker.log",
-        extra=extra,
+        extra=(*INGEST_ONLY, *extra),
     )
 
 
@@ -185,10 +190,7 @@ def test_100k_events_with_duplicates_and_malformed_are_stored_exactly(
     rng.shuffle(mixed)
     produce(kafka_bootstrap, topics.usage, mixed)
 
-    # Only the ingest agent: this run measures (and checks) ingest; pricing has its own tests.
-    w = worker_for(
-        kafka_bootstrap, topics, tmp_path, "--batch-size", "5000", "--agents", "ingest"
-    ).start()
+    w = worker_for(kafka_bootstrap, topics, tmp_path, "--batch-size", "5000").start()
     t0 = time.monotonic()
     try:
         wait_caught_up(kafka_bootstrap, w.app_id, topics.usage, worker=w, timeout=400)
@@ -262,7 +264,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing_and_counts_nothing_twice(
         chdb_path=w.chdb_path,
         log_path=tmp_path / "worker2.log",
         app_id=w.app_id,
-        extra=("--batch-size", "500"),
+        extra=(*INGEST_ONLY, "--batch-size", "500"),
     ).start()
     try:
         wait_caught_up(kafka_bootstrap, w2.app_id, topics.usage, worker=w2, timeout=240)
@@ -312,7 +314,7 @@ def test_clickhouse_outage_pauses_consumption_and_nothing_is_lost(
         topic_prefix=topics.prefix,
         chdb_path=tmp_path / "unused",
         log_path=tmp_path / "down.log",
-        extra=("--url", f"http://127.0.0.1:{dead_port}"),  # the later --url wins
+        extra=(*INGEST_ONLY, "--url", f"http://127.0.0.1:{dead_port}"),  # the later --url wins
     ).start()
     try:
         time.sleep(8)
@@ -330,6 +332,7 @@ def test_clickhouse_outage_pauses_consumption_and_nothing_is_lost(
         chdb_path=tmp_path / "chdb",
         log_path=tmp_path / "up.log",
         app_id=down.app_id,
+        extra=INGEST_ONLY,
     ).start()
     try:
         wait_caught_up(kafka_bootstrap, up.app_id, topics.usage, worker=up)
@@ -341,3 +344,37 @@ def test_clickhouse_outage_pauses_consumption_and_nothing_is_lost(
         "SELECT tenant, request_id, node_id, input_tokens FROM request_nodes FINAL",
     )
     assert {(t, r, n): int(x) for t, r, n, x in nodes} == expected
+
+
+def test_sigterm_mid_stream_stores_and_commits_the_batch_in_flight(
+    kafka_bootstrap: str, topics: Any, tmp_path: Path
+) -> None:
+    events = [
+        usage(f"t{i % 3}", f"r{i // 5}", f"s{i % 5}", input_tokens=i % 97) for i in range(30_000)
+    ]
+    produce(kafka_bootstrap, topics.usage, encoded(events))
+    w = worker_for(kafka_bootstrap, topics, tmp_path, "--batch-size", "1000").start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = sum(max(0, o) for o in committed(kafka_bootstrap, w.app_id, topics.usage).values())
+        if done > 0:
+            break
+        time.sleep(0.05)
+    assert w.stop() == 0, w.log()[-3000:]
+    assert "drained" in w.log()
+    offsets = committed(kafka_bootstrap, w.app_id, topics.usage)
+    total = sum(max(0, o) for o in offsets.values())
+    assert 0 < total < len(events), "stopped mid-stream"
+    rows = query(
+        w.url,
+        w.database,
+        "SELECT source_partition, count(), min(source_offset), max(source_offset) "
+        "FROM usage_events GROUP BY source_partition",
+    )
+    stored = {int(p): (int(n), int(lo), int(hi)) for p, n, lo, hi in rows}
+    # what was stored is exactly what was committed: offsets 0..committed-1, once each
+    for p, off in offsets.items():
+        if off > 0:
+            assert stored[p] == (off, 0, off - 1)
+        else:
+            assert p not in stored

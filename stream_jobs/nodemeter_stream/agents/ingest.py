@@ -78,6 +78,11 @@ class Ingest:
         self.lock = asyncio.Lock()
         self._open: dict[str, int] | None = None
         self._next_housekeeping_ms = 0
+        # Set while no batch is being processed; a graceful stop sets ``draining`` (no
+        # new batch starts), waits for ``idle`` and commits.
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.draining = False
 
     # --- lookups ---------------------------------------------------------------------
 
@@ -321,16 +326,21 @@ def register(worker: Worker) -> Ingest:
     @app.agent(ingest.source, concurrency=1, name="ingest_usage")
     async def ingest_usage(stream: Any) -> None:
         async for events in stream.noack_take(policy.max_size, within=policy.max_wait_s):
+            if ingest.draining:
+                return  # stopping: leave these unacknowledged for the next worker
+            ingest.idle.clear()
             try:
                 # Shielded: a cancellation does not interrupt a ClickHouse write half-way.
                 await asyncio.shield(ingest.process(events))
+                await ack_all(stream, events)
+                ingest.update_lag(events)
             except SinkStopped:
                 # Shutdown during a ClickHouse outage: leave the batch unacknowledged (the
-                # next worker reads it again) and end, so Faust's wait for acks can end.
+                # next worker reads it again) and end.
                 log.warning("sink stopped; %d records left unacknowledged", len(events))
                 return
-            await ack_all(stream, events)
-            ingest.update_lag(events)
+            finally:
+                ingest.idle.set()
 
     @app.on_partitions_revoked.connect
     async def finish_batch_before_revoke(app: Any, revoked: Any, **_: Any) -> None:
