@@ -91,3 +91,19 @@ def test_missing_tenant_is_a_dead_letter() -> None:
     d["tenant"] = ""
     out = classify(encode_payload("usage_event", d), key=None, source=SRC)
     assert isinstance(out, DeadLetter) and out.reason == "missing_tenant"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"sequence": 2**32}, "invalid_sequence"),
+        ({"event_time": datetime(1970, 1, 1, tzinfo=UTC)}, "invalid_time"),
+        ({"event_time": datetime(2999, 1, 1, tzinfo=UTC)}, "invalid_time"),
+    ],
+)
+def test_values_clickhouse_cannot_store_are_dead_letters(
+    change: dict[str, object], reason: str
+) -> None:
+    # otherwise every retry of the insert would fail and stall the stream
+    out = classify(encode_record(event(**change)), key=b"k", source=SRC)
+    assert isinstance(out, DeadLetter) and out.reason == reason

@@ -9,10 +9,11 @@ message is data routed to the dead-letter topic, so the stream never stops for i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from nodemeter.codec import decode_record
 from nodemeter.errors import DecodeError, InvalidUsageError
-from nodemeter.events import MAX_EVENT_BYTES, Record, validate_record
+from nodemeter.events import MAX_EVENT_BYTES, Record, UsageEvent, validate_record
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,4 +86,31 @@ def classify(
         )
     except (TypeError, ValueError, AttributeError) as exc:  # defensive: odd decoded types
         return DeadLetter(reason="invalid", detail=repr(exc), source=source, key=k, payload=raw)
+    problem = storage_problem(record)
+    if problem is not None:
+        reason, detail = problem
+        return DeadLetter(
+            reason=reason,
+            detail=detail,
+            source=source,
+            key=k,
+            payload=raw,
+            tenant=record.tenant,
+            event_id=record.event_id,
+        )
     return Accepted(record=record, source=source, payload=raw)
+
+
+# What the ClickHouse columns can hold. A value outside would make every retry of the
+# insert fail and stall the stream, so it is a dead letter here instead.
+MAX_SEQUENCE = 2**32 - 1  # UInt32
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)  # DateTime64 ends in 2299
+
+
+def storage_problem(record: Record) -> tuple[str, str] | None:
+    if isinstance(record, UsageEvent) and record.sequence > MAX_SEQUENCE:
+        return "invalid_sequence", f"sequence {record.sequence} exceeds {MAX_SEQUENCE}"
+    if not EARLIEST <= record.event_time < LATEST:
+        return "invalid_time", f"event_time {record.event_time.isoformat()} is out of range"
+    return None
