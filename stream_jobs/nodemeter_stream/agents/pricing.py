@@ -131,13 +131,11 @@ class Pricing:
                       rows=[dead_letter_row(d) for d in dead], token=offsets_token("pricing_dead_letters", sources)),
             ]
         )  # fmt: skip
-        for tenant, (partition, state) in res.states.items():
-            self.tenants.put(tenant, state, partition=partition)
-        for key, (partition, value) in res.seen.items():
-            if value is None:
-                self.seen.delete(key, partition=partition)
-            else:
-                self.seen.put(key, value, partition=partition)
+        stored = [durable_put(self.tenants, t, st, p) for t, (p, st) in res.states.items()]
+        stored += [durable_put(self.seen, k, v, p) for k, (p, v) in res.seen.items()]
+        # On the broker before the batch may be acked: Faust's pre-commit flush gives up
+        # on its send buffer after 0.1 s, so a commit could otherwise overtake the state.
+        await asyncio.gather(*stored)
         for d in dead:
             await self.send_dead_letter(d)
         marked: dict[str, int] = {}
@@ -152,7 +150,7 @@ class Pricing:
             # sent: a redelivery of these events need not send them again
             rec = self.seen.get(key)
             if rec is not None:
-                self.seen.put(key, {**rec, "alerts_sent": True}, partition=partition)
+                await durable_put(self.seen, key, {**rec, "alerts_sent": True}, partition)
         for record in res.budget_records:
             k, v = encode_budget_state(record)
             await self.state_topic.send(key=k, value=v)
@@ -182,6 +180,15 @@ class Pricing:
         )  # fmt: skip
         headers = [("reason", d.reason.encode()), ("stage", b"pricing")]
         await self.dlq.send(key=d.key or None, value=value, headers=headers)
+
+
+def durable_put(table: ChangelogMap, key: str, value: Any, partition: int) -> Any:
+    """``ChangelogMap.put``/``delete`` (``value=None``) returning the changelog send's future."""
+    if value is None:
+        table.table.data.pop(key, None)
+        return table.table.send_changelog(partition, key, None, value_serializer="raw")
+    table.table.data[key] = value
+    return table.table.send_changelog(partition, key, value)
 
 
 def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
