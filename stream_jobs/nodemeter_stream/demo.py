@@ -38,6 +38,38 @@ from nodemeter.codec import encode_payload
 from nodemeter.events import event_id_for
 
 TENANTS = ("acme", "globex", "initech")
+
+# The demo's tenant plans: the example price books, with budgets sized for a week of
+# demo traffic so that thresholds are crossed and alerts can be seen.
+DEMO_PLANS = """\
+# written by `nodemeter demo`: budgets sized for a week of demo traffic
+defaults:
+  price_book: default
+  time_zone: UTC
+  billing_window: month
+  budgets:
+    - {name: monthly, amount: "100.00"}
+tenants:
+  acme:
+    price_book: acme-enterprise
+    time_zone: America/New_York
+    billing_window: month
+    budgets:
+      - {name: monthly, amount: "20.00", thresholds: [50, 80, 100], hard_limit: true}
+  globex:
+    price_book: globex-startup
+    time_zone: Europe/Berlin
+    billing_window: day
+    budgets:
+      - {name: daily, window: day, amount: "0.50", thresholds: [50, 80, 100, 120]}
+      - {name: monthly, window: month, amount: "5.00"}
+  initech:
+    price_book: default
+    time_zone: Asia/Tokyo
+    billing_window: month
+    budgets:
+      - {name: monthly, amount: "0.15", thresholds: [50, 80, 100]}
+"""
 WORKFLOW = "support-rag"
 GPU_BATCH = 8
 DATABASE = "demo"
@@ -100,7 +132,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "provider": "openai",
         "small": "gpt-4o-mini",
         "gpu": "H100",
-        "scale": 3,
+        "scale": 30,  # long-document QA: 24k-120k token prompts
+        "volume": 2,  # twice the requests of the others
     },
     "globex": {
         "model": "claude-sonnet-4",
@@ -108,6 +141,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "small": "claude-haiku-4",
         "gpu": "A100",
         "scale": 2,
+        "volume": 1,
     },
     "initech": {
         "model": "gpt-4o-mini",
@@ -115,6 +149,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "small": "gpt-4o-mini",
         "gpu": "L4",
         "scale": 1,
+        "volume": 1,
     },
 }
 
@@ -139,7 +174,7 @@ async def one_request(
                 input_tokens=prompt - cached,
                 cached_input_tokens=cached,
                 cache_write_tokens=0 if cached else prompt // 4,
-                output_tokens=rng.randint(150, 700) * scale,
+                output_tokens=rng.randint(150, 700) * min(scale, 3),
                 model=p["model"],
                 provider=p["provider"],
             )
@@ -179,10 +214,11 @@ def drive_traffic(
 
     rng = random.Random(seed)
     traffic = Traffic()
-    span = timedelta(days=days) / max(1, requests)
     for tenant in TENANTS:
-        for batch_start in range(0, requests, GPU_BATCH):
-            batch = range(batch_start, min(requests, batch_start + GPU_BATCH))
+        count = requests * PROFILES[tenant]["volume"]
+        span = timedelta(days=days) / max(1, count)
+        for batch_start in range(0, count, GPU_BATCH):
+            batch = range(batch_start, min(count, batch_start + GPU_BATCH))
             # one GPU batch serves these requests: split its time by their sequence lengths
             shares = apportion(
                 rng.randint(40, 160) * len(batch), [rng.randint(64, 512) for _ in batch]
@@ -278,6 +314,20 @@ def _with_defaults(d: dict[str, Any]) -> dict[str, Any]:
 # --- orchestration ----------------------------------------------------------------------
 
 
+def demo_pricebooks(work: Path) -> Path:
+    """The example price books plus the demo's tenant plans, in one directory."""
+    from nodemeter_stream.pricing.book import EXAMPLES_DIR
+
+    books = work / "pricebooks"
+    shutil.rmtree(books, ignore_errors=True)
+    books.mkdir(parents=True)
+    for f in sorted(Path(EXAMPLES_DIR).glob("*.yaml")):
+        if f.name != "tenants.yaml":
+            shutil.copy(f, books / f.name)
+    (books / "tenants.yaml").write_text(DEMO_PLANS)
+    return books
+
+
 def _worker(
     bootstrap: str, url: str, prefix: str, app_id: str, log: Path
 ) -> subprocess.Popen[bytes]:
@@ -307,7 +357,8 @@ def _worker(
         "1",
     ]
     out = log.open("ab")
-    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    env = dict(os.environ, NODEMETER_PRICEBOOKS=str(demo_pricebooks(log.parent)))
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def _wait_group_stable(
@@ -371,7 +422,8 @@ def run(args: argparse.Namespace) -> int:
         _wait_group_stable(bootstrap, app_id, alive)
         say(f"    worker up (pid {worker.pid}, group {app_id}); log: {log}")
 
-        say(f"3/5 traffic: {args.requests} requests x {len(TENANTS)} tenants over {args.days} days")
+        per_tenant = ", ".join(f"{t} {args.requests * PROFILES[t]['volume']}" for t in TENANTS)
+        say(f"3/5 traffic over {args.days} days: requests {per_tenant}")
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         start = end - timedelta(days=args.days)
         clock = SimClock(start)
@@ -451,20 +503,28 @@ def run(args: argparse.Namespace) -> int:
         page.write_text(html.render(report), encoding="utf-8")
         print(f"HTML report: {page}")
     alerts = rows(
-        "SELECT tenant, budget, window_id, threshold_pct FROM budget_alerts FINAL ORDER BY tenant, budget, window_id, threshold_pct"
+        "SELECT tenant, budget, threshold_pct, count(), groupArray(window_id) "
+        "FROM (SELECT * FROM budget_alerts FINAL ORDER BY window_id) "
+        "GROUP BY tenant, budget, threshold_pct ORDER BY tenant, budget, threshold_pct"
     )
     print()
-    say(f"budget alerts raised: {len(alerts)}")
-    for a in alerts[:12]:
-        say(f"    {a[0]:8} {a[1]:12} {a[2]:12} {a[3]}%")
-    if len(alerts) > 12:
-        say(f"    ... and {len(alerts) - 12} more")
+    say(
+        f"budget alerts (each once per tenant, budget, window, threshold): {sum(a[3] for a in alerts)}"
+    )
+    for tenant, budget, pct, n, windows in alerts:
+        shown = ", ".join(windows[:4]) + (f", +{len(windows) - 4} more" if len(windows) > 4 else "")
+        say(f"    {tenant:8} {budget:8} {pct:>3}% crossed in {n} window(s): {shown}")
     total = rows(
         "SELECT tenant, currency, sum(amount) FROM priced_lines FINAL GROUP BY tenant, currency ORDER BY tenant"
     )
     for tenant, currency, amount in total:
         say(f"    spend {tenant:8} {Decimal(amount):.2f} {currency} (exact: {amount})")
     print()
+    from nodemeter_stream.offsets import end_offsets
+
+    alerts_stored = sum(a[3] for a in alerts)
+    alerts_sent = sum(end_offsets(bootstrap, topics.budget_alerts).values())
+    ok_alerts = alerts_sent == alerts_stored
     ok_events = stored_events == unique_usage
     ok_dead = dead == traffic.malformed
     ok_money = all(c.ok for c in checks)
@@ -476,5 +536,9 @@ def run(args: argparse.Namespace) -> int:
         f"{'OK ' if ok_dead else 'BAD'} malformed = dead letters: {traffic.malformed} sent, {dead} dead-lettered"
     )
     say(f"{'OK ' if ok_money else 'BAD'} priced lines = rollups: {reconcile.summary(checks)}")
+    say(
+        f"{'OK ' if ok_alerts else 'BAD'} alerts once: {alerts_sent} on {topics.budget_alerts}, "
+        f"{alerts_stored} in budget_alerts"
+    )
     say(f"done in {time.monotonic() - t0:.0f}s")
-    return 0 if ok_events and ok_dead and ok_money else 1
+    return 0 if ok_events and ok_dead and ok_money and ok_alerts else 1
