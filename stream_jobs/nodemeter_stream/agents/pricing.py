@@ -159,6 +159,10 @@ class Pricing:
         self.m_events.labels(kind="priced").inc(res.priced)
         self.m_events.labels(kind="duplicate").inc(res.duplicates)
         self.m_events.labels(kind="rejected").inc(len(res.rejected))
+        log.info(
+            "priced batch records=%d priced=%d duplicates=%d rejected=%d lines=%d alerts_sent=%d",
+            len(events), res.priced, res.duplicates, len(res.rejected), len(res.lines), len(res.to_send),
+        )  # fmt: skip
         return res
 
     def dead_letter(self, r: Rejected) -> DeadLetter:
