@@ -264,6 +264,17 @@ def check_clickhouse(worker: WorkerProcess, net: dict[tuple[str, str], Decimal],
         "SELECT line_kind, countIf(amount < 0) FROM priced_lines FINAL GROUP BY line_kind ORDER BY line_kind",
     )  # fmt: skip
     assert {k: int(n) for k, n in kinds}["usage"] == 0  # usage lines never negative
+    crossed = query(
+        worker.url, worker.database,
+        "SELECT charge_model, line_kind, max(tier) FROM priced_lines FINAL "
+        "GROUP BY charge_model, line_kind ORDER BY charge_model, line_kind",
+    )  # fmt: skip
+    got = {(c, k): int(t) for c, k, t in crossed}
+    # the month crosses tier bounds (graduated and volume), settles volume, uses grants,
+    # included units and packages
+    assert got[("graduated", "usage")] == 2 and got[("volume", "usage")] >= 2
+    assert ("volume", "settlement") in got and ("credit", "credit") in got
+    assert ("included", "usage") in got and ("package", "usage") in got
     alerts = query(
         worker.url, worker.database,
         "SELECT tenant, budget, window_id, threshold_pct, count() FROM budget_alerts FINAL GROUP BY ALL",
