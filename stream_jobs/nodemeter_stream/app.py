@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nodemeter.errors import ConfigError
@@ -57,6 +58,9 @@ class WorkerConfig:
     max_event_bytes: int = 64 * 1024
     sink_retry_max_s: float = 5.0
     agent_modules: tuple[str, ...] = AGENT_MODULES
+    # Faust's local data dir (tables are memory://, so it stays nearly empty); kept out
+    # of the working directory, under the gitignored .nodemeter/.
+    data_dir: str = ".nodemeter/faust"
 
     def __post_init__(self) -> None:
         if not self.bootstrap:
@@ -157,10 +161,13 @@ class Worker:
 def faust_app(config: WorkerConfig) -> Any:
     import faust
 
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the leaf
+
     return faust.App(
         config.app_id,
         broker=[f"kafka://{b.strip()}" for b in config.bootstrap.split(",")],
         store="memory://",
+        datadir=f"{config.data_dir}/{config.app_id}-data",
         topic_partitions=config.partitions,
         topic_replication_factor=1,
         topic_allow_declare=True,  # internal changelog topics; source topics via ensure_topics
