@@ -47,12 +47,20 @@ class FakeSink:
         return None
 
 
+def delivered() -> asyncio.Future[None]:
+    """A send future that has already completed (what a broker acknowledgement gives)."""
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut.set_result(None)
+    return fut
+
+
 class FakeTopic:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
 
-    def send_soon(self, **kw: Any) -> None:
+    def send_soon(self, **kw: Any) -> asyncio.Future[None]:
         self.sent.append(kw)
+        return delivered()
 
 
 def ev(span: str, tokens: int, *, req: str = "r1", tenant: str = "acme") -> UsageEvent:
@@ -90,8 +98,9 @@ def wired(monkeypatch: pytest.MonkeyPatch) -> Any:
     worker = build_app(cfg, sink=sink)
     ingest = worker.extras["ingest"]
     ingest.dlq, ingest.by_tenant = FakeTopic(), FakeTopic()
-    ingest.seen.table.send_changelog = lambda *a, **k: None  # no producer in test_context
-    ingest.requests.table.send_changelog = lambda *a, **k: None
+    # no producer in test_context: changelog sends are delivered at once
+    ingest.seen.table.send_changelog = lambda *a, **k: delivered()
+    ingest.requests.table.send_changelog = lambda *a, **k: delivered()
     real_ack_all = ingest_module.ack_all
 
     async def logged_ack_all(stream: Any, events: Any) -> None:

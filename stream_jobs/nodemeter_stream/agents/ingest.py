@@ -149,18 +149,24 @@ class Ingest:
             await self.sink.write(blocks)
             t_sink = time.perf_counter()
             # Stored: from here on the state may say so.
+            pending: list[Any] = []
             for a in plan.fresh:
                 mark = SeenMark(now_ms, a.source.partition)
-                self.seen.put(a.record.event_id, mark.to_json(), partition=a.source.partition)
+                pending.append(
+                    self.seen.put(a.record.event_id, mark.to_json(), partition=a.source.partition)
+                )
             for key, state in plan.states.items():
-                self.put_state(key, state)
-        # Buffered sends: Faust flushes its producer before it commits offsets, so these
-        # are delivered before the batch's offsets can be committed (at-least-once).
+                pending.append(self.put_state(key, state))
         for d in plan.dead_letters:
-            self.send_dead_letter(d, now_ms=now_ms)
+            pending.append(self.send_dead_letter(d, now_ms=now_ms))
         for a in plan.fresh:
             if isinstance(a.record, UsageEvent):
-                self.by_tenant.send_soon(key=a.record.tenant.encode(), value=a.payload)
+                pending.append(
+                    self.by_tenant.send_soon(key=a.record.tenant.encode(), value=a.payload)
+                )
+        # On the broker before the batch is acked: Faust's pre-commit flush gives up on
+        # its send buffer after a short wait, so a commit could overtake these otherwise.
+        await asyncio.gather(*pending)
         self.count(plan)
         log.info(
             "batch records=%d fresh=%d duplicates=%d dead_letters=%d request_records=%d "
@@ -184,7 +190,7 @@ class Ingest:
             m.dead_letters.labels(reason=d.reason).inc()
         count_emissions(m, plan.emissions)
 
-    def send_dead_letter(self, d: DeadLetter, *, now_ms: int) -> None:
+    def send_dead_letter(self, d: DeadLetter, *, now_ms: int) -> Any:
         value = encode_payload(
             "dead_letter",
             {
@@ -207,17 +213,18 @@ class Ingest:
             ("source_partition", str(d.source.partition).encode()),
             ("source_offset", str(d.source.offset).encode()),
         ]
-        self.dlq.send_soon(key=d.key or None, value=value, headers=headers)
+        return self.dlq.send_soon(key=d.key or None, value=value, headers=headers)
 
     # --- timer -----------------------------------------------------------------------
 
-    def put_state(self, key: str, state: RequestState) -> None:
-        self.requests.put(key, state.to_json(), partition=state.partition)
+    def put_state(self, key: str, state: RequestState) -> Any:
+        fut = self.requests.put(key, state.to_json(), partition=state.partition)
         if self._open is not None:
             if state.closed:
                 self._open.pop(key, None)
             else:
                 self._open[key] = state.opened_at_ms
+        return fut
 
     def open_index(self) -> dict[str, int]:
         """Open requests -> opened_at_ms; built from the (recovered) table once, then kept."""

@@ -32,10 +32,11 @@ class ChangelogMap:
     def items(self) -> Iterator[tuple[str, Any]]:
         return iter(list(self._data.items()))
 
-    def put(self, key: str, value: Any, *, partition: int) -> None:
+    def put(self, key: str, value: Any, *, partition: int) -> Any:
+        """Set the key; returns the changelog send's future (await it for durability)."""
         self._data[key] = value
-        self.table.send_changelog(partition, key, value)
+        return self.table.send_changelog(partition, key, value)
 
-    def delete(self, key: str, *, partition: int) -> None:
+    def delete(self, key: str, *, partition: int) -> Any:
         self._data.pop(key, None)
-        self.table.send_changelog(partition, key, None, value_serializer="raw")  # tombstone
+        return self.table.send_changelog(partition, key, None, value_serializer="raw")  # tombstone
