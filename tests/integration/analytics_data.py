@@ -30,31 +30,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-PRICED_LINE_COLUMNS = (
-    "line_id",
-    "line_kind",
-    "event_id",
-    "tenant",
-    "request_id",
-    "node_id",
-    "workflow",
-    "model",
-    "provider",
-    "meter",
-    "gpu_type",
-    "quantity",
-    "unit_price",
-    "amount",
-    "currency",
-    "price_book",
-    "price_book_version",
-    "charge_model",
-    "tier",
-    "window_id",
-    "window_start",
-    "event_time",
-    "cache_savings",  # migration 030 (pricing)
-)
+from nodemeter_stream.pricing.lines import PRICED_LINE_COLUMNS
 
 NOV_START = datetime(2026, 11, 1, tzinfo=UTC)
 DEC_START = datetime(2026, 12, 1, tzinfo=UTC)

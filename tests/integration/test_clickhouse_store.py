@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from nodemeter_stream.migrate import applied, discover, migrate
+from nodemeter_stream.pricing.lines import PRICED_LINE_COLUMNS
 from nodemeter_stream.rows import USAGE_EVENT_COLUMNS, usage_event_row
 from nodemeter_stream.smoke import sample_events
 
@@ -65,60 +66,18 @@ def test_decimal_money_is_exact(ch: Any) -> None:
         Decimal("0.1"),
         Decimal("0.2"),
     ]
+    base = {
+        "line_kind": "usage", "event_id": "e", "tenant": "t", "request_id": "r", "node_id": "n",
+        "workflow": "w", "model": "m", "provider": "p", "meter": "input_tokens", "gpu_type": "",
+        "quantity": Decimal(1), "currency": "USD", "price_book": "default",
+        "price_book_version": 1, "charge_model": "flat", "tier": 0, "window_id": "2026-11",
+        "window_start": datetime(2026, 11, 1, tzinfo=UTC),
+        "event_time": datetime(2026, 11, 2, tzinfo=UTC), "cache_savings": Decimal(0),
+    }  # fmt: skip
     rows = [
-        [
-            f"l{i}",
-            "usage",
-            "e",
-            "t",
-            "r",
-            "n",
-            "w",
-            "m",
-            "p",
-            "input_tokens",
-            "",
-            Decimal(1),
-            a,
-            a,
-            "USD",
-            "default",
-            1,
-            "flat",
-            0,
-            "2026-11",
-            "2026-11-01 00:00:00",
-            "2026-11-02 00:00:00",
-        ]
+        [{**base, "line_id": f"l{i}", "unit_price": a, "amount": a}[c] for c in PRICED_LINE_COLUMNS]
         for i, a in enumerate(amounts)
     ]
-    cols = [
-        "line_id",
-        "line_kind",
-        "event_id",
-        "tenant",
-        "request_id",
-        "node_id",
-        "workflow",
-        "model",
-        "provider",
-        "meter",
-        "gpu_type",
-        "quantity",
-        "unit_price",
-        "amount",
-        "currency",
-        "price_book",
-        "price_book_version",
-        "charge_model",
-        "tier",
-        "window_id",
-        "window_start",
-        "event_time",
-    ]
-    for r in rows:
-        r[20] = datetime(2026, 11, 1, tzinfo=UTC)
-        r[21] = datetime(2026, 11, 2, tzinfo=UTC)
-    ch.insert("priced_lines", rows, column_names=cols)
+    ch.insert("priced_lines", rows, column_names=list(PRICED_LINE_COLUMNS))
     total = ch.query("SELECT sum(amount) FROM priced_lines").result_rows[0][0]
     assert total == sum(amounts) == Decimal("1234567.423456939012")

@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import socket
-import time
-import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from worker_harness import consume_all
 
 from nodemeter.codec import decode_record, encode_record, record_key
 from nodemeter_stream.devenv import kafka
 from nodemeter_stream.smoke import sample_events
 
 pytestmark = pytest.mark.kafka
-
-
-def _consume(bootstrap: str, topic: str, n: int, timeout: float = 30.0) -> list[Any]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": uuid.uuid4().hex,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(out) < n and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error():
-                out.append(msg)
-    finally:
-        consumer.close()
-    return out
 
 
 def test_produce_and_consume_round_trips_exact_records(
@@ -54,7 +31,7 @@ def test_produce_and_consume_round_trips_exact_records(
         producer.produce(topic, value=encode_record(ev), key=record_key(ev))
     assert producer.flush(30) == 0
 
-    msgs = _consume(kafka_bootstrap, topic, len(events))
+    msgs = consume_all(kafka_bootstrap, topic, expect=len(events))
     got = sorted((decode_record(m.value()) for m in msgs), key=lambda e: e.span_id)
     assert got == sorted(events, key=lambda e: e.span_id)
     # one request's records share a partition (key = tenant/request_id)

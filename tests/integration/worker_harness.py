@@ -30,6 +30,10 @@ from nodemeter.events import (
     event_id_for,
     request_end_id,
 )
+from nodemeter_stream import offsets
+from nodemeter_stream.offsets import committed, end_offsets
+
+__all__ = ["committed", "end_offsets"]  # re-exported for the tests
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -112,41 +116,6 @@ def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, b
     assert left == 0, f"{left} messages not delivered"
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:6]}"})
-    try:
-        md = c.list_topics(topic, timeout=10)
-        out = {}
-        for p in md.topics[topic].partitions:
-            _, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            out[p] = hi
-        return out
-    finally:
-        c.close()
-
-
-def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offsets (-1001 = none yet); retries while the coordinator moves."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        for attempt in range(50):
-            try:
-                tps = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-                return {tp.partition: tp.offset for tp in tps}
-            except KafkaException:  # NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS
-                if attempt == 49:
-                    raise
-                time.sleep(0.2)
-        raise AssertionError("unreachable")
-    finally:
-        c.close()
-
-
 def wait_caught_up(
     bootstrap: str,
     group: str,
@@ -156,17 +125,14 @@ def wait_caught_up(
     worker: WorkerProcess | None = None,
 ) -> float:
     """Wait until the group's committed offsets reach the topic's end; return seconds waited."""
-    t0 = time.monotonic()
-    want = end_offsets(bootstrap, topic)
-    while True:
-        if worker is not None and not worker.alive():
-            raise RuntimeError(f"worker exited early:\n{worker.log()[-5000:]}")
-        got = committed(bootstrap, group, topic)
-        if all(got.get(p, -1) >= hi for p, hi in want.items()):
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"group {group} not caught up: committed {got}, end {want}")
-        time.sleep(0.2)
+    try:
+        return offsets.wait_caught_up(
+            bootstrap, group, [topic], timeout=timeout,
+            alive=(worker.alive if worker is not None else None),
+        )  # fmt: skip
+    except offsets.NotCaughtUpError as exc:
+        tail = worker.log()[-5000:] if worker is not None else ""
+        raise AssertionError(f"{exc}\n{tail}") from exc
 
 
 def consume_all(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.0) -> list[Any]:
