@@ -12,17 +12,15 @@ included.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_harness import WorkerProcess, committed, end_offsets, produce, query
+from worker_harness import WorkerProcess, produce, query, wait_caught_up
 
 from nodemeter.codec import encode_record, record_key
 from nodemeter.events import GpuSource, Meters, UsageEvent, event_id_for
@@ -30,18 +28,6 @@ from nodemeter_stream.pricing.book import EXAMPLES_DIR
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 
-# the stock worker CLI with the pricing agent registered whatever AGENT_MODULES says
-_LAUNCH = """
-import dataclasses, sys
-from nodemeter_stream import worker_cli
-_orig = worker_cli.config_from_args
-def _cfg(args):
-    c = _orig(args)
-    mods = tuple(m for m in c.agent_modules if m != "nodemeter_stream.agents.pricing")
-    return dataclasses.replace(c, agent_modules=(*mods, "nodemeter_stream.agents.pricing"))
-worker_cli.config_from_args = _cfg
-sys.exit(worker_cli.main(sys.argv[1:]))
-"""
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 # node -> (parent node, meters); llm.a and llm.b run in parallel after features
@@ -87,44 +73,25 @@ def test_reports_reconcile_on_what_the_worker_wrote(
     messages = [(record_key(e), encode_record(e)) for e in events]
     worker = WorkerProcess(
         bootstrap=kafka_bootstrap, topic_prefix=topics.prefix, chdb_path=tmp_path / "chdb",
-        log_path=tmp_path / "worker.log", python_args=(),
+        log_path=tmp_path / "worker.log",
     )  # fmt: skip
 
-    def launch() -> None:
-        args = [sys.executable, "-c", _LAUNCH, "--bootstrap", worker.bootstrap, "--url", worker.url,
-                "--database", worker.database, "--topic-prefix", worker.topic_prefix,
-                "--app-id", worker.app_id, "--session-timeout", "6", "--heartbeat-interval", "1",
-                "--batch-seconds", "0.3", "--sweep-interval", "0.5"]  # fmt: skip
-        worker.proc = subprocess.Popen(
-            args, stdout=worker.log_path.open("ab"), stderr=subprocess.STDOUT, env=dict(os.environ)
-        )
-
-    def caught_up(topic: str, timeout: float = 180.0) -> None:
-        # partitions that never received a record have no committed offset: skip them
-        want = {p: hi for p, hi in end_offsets(kafka_bootstrap, topic).items() if hi > 0}
-        deadline = time.monotonic() + timeout
-        while True:
-            assert worker.alive(), worker.log()[-5000:]
-            got = committed(kafka_bootstrap, worker.app_id, topic)
-            if all(got.get(p, -1) >= hi for p, hi in want.items()):
-                return
-            assert time.monotonic() < deadline, f"{topic}: committed {got}, end {want}"
-            time.sleep(0.3)
-
     def drain() -> None:
-        caught_up(topics.usage)
-        time.sleep(1.0)  # forwarded records are in flight until the producer flushed
-        caught_up(topics.usage_by_tenant)
+        # ingest acks a batch only once its forwards are on the broker
+        wait_caught_up(kafka_bootstrap, worker.app_id, topics.usage, timeout=180, worker=worker)
+        wait_caught_up(
+            kafka_bootstrap, worker.app_id, topics.usage_by_tenant, timeout=180, worker=worker
+        )
 
     half = len(messages) // 2
     produce(kafka_bootstrap, topics.usage, messages[:half])
-    launch()
+    worker.start()
     try:
         drain()
         assert worker.stop() == 0, worker.log()[-3000:]
         produce(kafka_bootstrap, topics.usage, messages[half:])
         produce(kafka_bootstrap, topics.usage, messages[:30])  # a resend: no second charge
-        launch()
+        worker.start()
         drain()
         assert worker.stop() == 0, worker.log()[-3000:]
     finally:
