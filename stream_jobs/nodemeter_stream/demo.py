@@ -383,6 +383,20 @@ def _wait_group_stable(
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the demo; a local broker it had to start is stopped again at the end."""
+    started_here = False
+    if not os.environ.get("NODEMETER_KAFKA_BOOTSTRAP"):
+        from nodemeter_stream.devenv import kafka
+
+        started_here = not kafka.status()["running"]
+    try:
+        return _run(args)
+    finally:
+        if started_here:
+            kafka.down()
+
+
+def _run(args: argparse.Namespace) -> int:
     from nodemeter.meter import Meter, MeterConfig
     from nodemeter_stream.analytics import html, reconcile
     from nodemeter_stream.analytics.report import collect, render_table
