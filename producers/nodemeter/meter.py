@@ -322,6 +322,10 @@ class Meter:
                 # the pipeline's event_id dedupe absorbs.
                 self._producer.purge(in_queue=True, in_flight=True, blocking=True)
                 self._producer.flush(1.0)
+            # release librdkafka's connections now, not whenever the object is collected
+            release = getattr(self._producer, "close", None)
+            if callable(release):
+                release()
         except Exception as exc:
             log.error("nodemeter: error while closing the producer: %s", exc)
         self._spool.close()
