@@ -20,17 +20,22 @@ $(STAMP): pyproject.toml
 	@$(BIN)/pip install -q -e ".[worker,gpu,dev]"
 	@rm -f $(VENV)/.installed-* && touch $@
 
-.PHONY: help setup demo test test-fast check fmt kafka-up kafka-down bench clean
+.PHONY: help setup browser demo test test-fast check fmt kafka-up kafka-down bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv and install everything (idempotent)
 
+browser: ## Debian's headless Chromium for the HTML report's screenshot test (skipped without it)
+	@command -v chromium >/dev/null || { echo "[setup] installing chromium (Debian) for the screenshot test"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	  echo "[setup] chromium unavailable: the screenshot test will be skipped"; }
+
 demo: $(STAMP) ## the main job: run the demo pipeline on the embedded defaults
 	$(BIN)/nodemeter demo
 
-test: $(STAMP) ## the whole test suite, fault tests included
+test: $(STAMP) browser ## the whole test suite, fault tests included
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## quick loop: everything but the slow integration and fault tests
