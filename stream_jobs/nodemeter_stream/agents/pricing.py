@@ -13,7 +13,16 @@ sees all of a tenant's events in order):
 
 Configuration (environment): ``NODEMETER_PRICEBOOKS`` (file or directory; default the
 example set shipped in ``nodemeter_stream/pricing/examples``),
-``NODEMETER_PRICING_GRACE_S`` (3600) and ``NODEMETER_PRICING_RETENTION_S`` (40 days).
+``NODEMETER_PRICING_GRACE_S`` (3600), ``NODEMETER_PRICING_RETENTION_S`` (40 days) and
+``NODEMETER_PRICING_TICK_S`` (300; 0 disables the tick timer).
+
+Tick timer: every ``NODEMETER_PRICING_TICK_S`` seconds, for each tenant in the local
+tenant-state table with a billing window due to close (``end + grace`` passed on the
+wall clock), it appends a WindowTick (``as_of`` = now) to the usage-by-tenant topic,
+keyed by the tenant. The tick is priced in order by the agent like an event (it
+settles the windows due); the timer itself prices nothing, so a replay of the log
+settles at the same place. A tick that finds nothing due (a duplicate, or one sent
+from a standby copy of the table) is a no-op.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,7 +43,7 @@ from nodemeter_stream.core.batch import offsets_token
 from nodemeter_stream.core.rows import DEAD_LETTER_COLUMNS, dead_letter_row
 from nodemeter_stream.core.validate import DeadLetter, Source
 from nodemeter_stream.pricing import PricingEngine, load_config
-from nodemeter_stream.pricing.batch import BatchResult, Item, Rejected, price_batch
+from nodemeter_stream.pricing.batch import BatchResult, Item, Rejected, price_batch, tenants_due
 from nodemeter_stream.pricing.book import EXAMPLES_DIR
 from nodemeter_stream.pricing.lines import PRICED_LINE_COLUMNS
 from nodemeter_stream.pricing.records import (
@@ -42,6 +52,7 @@ from nodemeter_stream.pricing.records import (
     alert_row,
     encode_alert,
     encode_budget_state,
+    encode_tick,
     price_book_rows,
     price_book_token,
 )
@@ -67,9 +78,21 @@ def engine_from_env() -> PricingEngine:
     )
 
 
+def tick_interval_from_env() -> float:
+    """``NODEMETER_PRICING_TICK_S`` (default 300); 0 (or less) disables the tick timer."""
+    return float(os.environ.get("NODEMETER_PRICING_TICK_S", "300"))
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
 class Pricing:
-    def __init__(self, worker: Worker, engine: PricingEngine) -> None:
+    def __init__(
+        self, worker: Worker, engine: PricingEngine, *, clock: Callable[[], datetime] = wall_clock
+    ) -> None:
         self.worker, self.engine, self.sink = worker, engine, worker.sink
+        self.clock = clock
         app, cfg, topics = worker.app, worker.config, worker.config.topics
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.source = app.topic(topics.usage_by_tenant, **raw)
@@ -86,6 +109,7 @@ class Pricing:
         self.m_events = Counter(
             "nodemeter_priced_events", "Usage events priced", ["kind"], registry=r
         )
+        self.m_ticks = Counter("nodemeter_window_ticks", "Window ticks sent", registry=r)
 
     async def write_price_books(self) -> None:
         rows = price_book_rows(self.engine.config)
@@ -165,6 +189,19 @@ class Pricing:
         )  # fmt: skip
         return res
 
+    async def tick(self) -> list[str]:
+        """Send a WindowTick for every local tenant with a window due now; no pricing
+        here (the tick is priced in order with the tenant's records)."""
+        now = self.clock()
+        due = tenants_due(self.engine, self.tenants.items(), now)
+        for tenant in due:
+            k, v = encode_tick(tenant, now)
+            await self.source.send(key=k, value=v)
+        if due:
+            self.m_ticks.inc(len(due))
+            log.info("window ticks sent tenants=%d as_of=%s", len(due), now.isoformat())
+        return due
+
     def dead_letter(self, r: Rejected) -> DeadLetter:
         src = Source(topic=r.item.topic, partition=r.item.partition, offset=r.item.offset)
         return DeadLetter(
@@ -207,6 +244,17 @@ def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
             # Shielded: a SIGTERM lets the batch in flight finish and be acknowledged.
             await asyncio.shield(pricing.process(events))
             await ack_all(stream, events)
+
+    interval = tick_interval_from_env()
+    if interval > 0:
+
+        @app.timer(interval)
+        async def window_ticks() -> None:
+            if app.rebalancing or not app.tables.recovery.completed.is_set():
+                return  # the tenant states are being recovered
+            await pricing.tick()
+
+        worker.extras["pricing_ticks"] = window_ticks
 
     worker.extras["pricing_agent"] = price_usage
     return pricing

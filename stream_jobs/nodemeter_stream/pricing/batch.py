@@ -6,21 +6,31 @@ tables, then, in this order: writes ``result.lines`` and ``result.alerts`` to Cl
 alerts not sent before and the budget-state records, and only then acks the batch. A
 crash anywhere replays the batch against the state from before it (or after it, if
 the tables were already written): either way the same lines and alerts come out.
+
+Records are usage events (priced), request ends (skipped) and window ticks (the agent's
+timer appends one for a tenant with a window due, :func:`tenants_due`; it settles the
+windows due, ``PricingEngine.advance``). Anything else is rejected.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from nodemeter.codec import decode_record
-from nodemeter.errors import DecodeError, InvalidUsageError
-from nodemeter.events import UsageEvent
+from nodemeter.codec import decode_payload, usage_event_from_avro
+from nodemeter.errors import DecodeError, InvalidUsageError, UnknownSchemaError
 from nodemeter_stream.pricing.budgets import BudgetAlert
-from nodemeter_stream.pricing.engine import PricingEngine, new_state, seen_key
+from nodemeter_stream.pricing.engine import (
+    Outcome,
+    PricingEngine,
+    new_state,
+    seen_key,
+    tick_id,
+)
 from nodemeter_stream.pricing.errors import PricingError
 from nodemeter_stream.pricing.lines import PricedLine
 
@@ -118,13 +128,26 @@ def price_batch(
     to_send: dict[str, tuple[str, int, BudgetAlert]] = {}
     for item in items:
         try:
-            record = decode_record(item.value)
+            name, payload = decode_payload(item.value)
+            if name == "usage_event":
+                record = usage_event_from_avro(payload)
+            elif name == "window_tick":
+                tenant, as_of = str(payload["tenant"]), payload["as_of"]
+            elif name == "request_end":
+                continue  # request ends are the merge's business
+            else:
+                raise UnknownSchemaError(f"{name} records are not usage records")
         except (DecodeError, InvalidUsageError) as exc:
             result.rejected.append(Rejected(item, getattr(exc, "reason", "malformed"), str(exc)))
             continue
-        if not isinstance(record, UsageEvent):
-            continue  # request ends are the merge's business
-        tenant = record.tenant
+        except (KeyError, ValueError) as exc:  # as codec.decode_record reports it
+            detail = f"{name} does not map to a nodemeter record: {exc!r}"
+            result.rejected.append(Rejected(item, "malformed", detail))
+            continue
+        if name == "usage_event":
+            tenant, event_id = record.tenant, record.event_id
+        else:
+            event_id = tick_id((item.partition, item.offset))
         if tenant not in states:
             stored = get_state(tenant)
             # deep copy: the table's value must stay as it was until the batch is stored
@@ -134,14 +157,17 @@ def price_batch(
         overlay.partition = item.partition
         state = states[tenant]
         snapshot = json.dumps(state)
+        source = (item.partition, item.offset)
         try:
-            out = engine.process(state, overlay, record, source=(item.partition, item.offset))
+            out: Outcome
+            if name == "usage_event":
+                out = engine.process(state, overlay, record, source=source)
+            else:
+                out = engine.advance(state, overlay, as_of, source=source)
         except (PricingError, InvalidUsageError) as exc:
-            states[tenant] = json.loads(snapshot)  # nothing of a rejected event stays
+            states[tenant] = json.loads(snapshot)  # nothing of a rejected record stays
             result.rejected.append(
-                Rejected(
-                    item, getattr(exc, "reason", "unpriceable"), str(exc), tenant, record.event_id
-                )
+                Rejected(item, getattr(exc, "reason", "unpriceable"), str(exc), tenant, event_id)
             )
             continue
         if out.duplicate:
@@ -151,7 +177,7 @@ def price_batch(
         budget_keys[tenant] |= out.budget_keys
         for ln in out.lines:
             lines[ln.line_id] = ln
-        key = seen_key(tenant, record.event_id)
+        key = seen_key(tenant, event_id)  # a tick's: see PricingEngine.advance
         rec = overlay.get(key)
         for a in out.alerts:
             alerts[a.alert_id] = a
@@ -165,3 +191,11 @@ def price_batch(
     for tenant, state in states.items():
         result.budget_records += engine.budget_records(state, budget_keys[tenant])
     return result
+
+
+def tenants_due(
+    engine: PricingEngine, states: Iterable[tuple[str, Any]], now: datetime
+) -> list[str]:
+    """The tick timer's decision: the tenants (of ``states``, (tenant, stored state)
+    pairs) with a billing window due to close at ``now``, sorted."""
+    return sorted(t for t, st in states if st is not None and engine.due(st, now))

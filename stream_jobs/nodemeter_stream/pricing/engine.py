@@ -21,6 +21,11 @@ priced into it and the window is settled again (delta lines only). Window state 
 dropped ``retention`` after the window's end; an event older than that cannot be
 priced (:class:`PricingError` ``window_closed``, a dead-letter record).
 
+A tenant that goes quiet sends no later event; for it the worker appends clock ticks
+(WindowTick records) to the tenant's partition, and :meth:`PricingEngine.advance`
+moves the watermark to the tick's time and settles what is due. Ticks are in the log,
+so a replay sees them at the same place and settles identically.
+
 Non-billable events (``billable=False``) produce no lines; they are recorded as seen.
 """
 
@@ -62,6 +67,11 @@ def new_state(tenant: str) -> dict[str, Any]:
 
 def seen_key(tenant: str, event_id: str) -> str:
     return f"{tenant}|{event_id}"
+
+
+def tick_id(source: tuple[int, int] | None) -> str:
+    """The seen-record id of a tick at ``source`` = (partition, offset)."""
+    return f"tick:{source[0]}:{source[1]}" if source is not None else "tick:"
 
 
 def _add(a: str, b: Decimal) -> str:
@@ -161,6 +171,62 @@ class PricingEngine:
         if source is not None:
             applied[str(source[0])] = source[1]
         return Outcome(lines=lines, alerts=alerts, budget_keys=touched)
+
+    def advance(
+        self,
+        state: dict[str, Any],
+        seen: MutableMapping[str, Any],
+        as_of: datetime,
+        *,
+        source: tuple[int, int] | None = None,
+    ) -> Outcome:
+        """A clock tick for ``state['tenant']`` (a WindowTick record): the watermark
+        becomes ``max(watermark, as_of)`` and the windows then due are settled, as a
+        later event of the tenant would settle them; mutates ``state`` and ``seen``.
+
+        ``source`` follows the rule of :meth:`process`: a tick at or below the offset
+        applied for its partition is a no-op (its seen record answers it, if any). A
+        tick whose settlement raised alerts gets a seen record keyed
+        ``seen_key(tenant, tick_id(source))`` holding them, so the caller can send them
+        once; a tick without alerts leaves none (nothing to answer a redelivery with).
+        """
+        if as_of.tzinfo is None:
+            raise ValueError("as_of must be timezone-aware")
+        tenant = state["tenant"]
+        key = seen_key(tenant, tick_id(source))
+        record = seen.get(key) if source is not None else None
+        applied = state.setdefault("applied", {})
+        if source is not None and source[1] <= applied.get(str(source[0]), -1):
+            return self._duplicate(record)
+        plan = self.config.plan_for(tenant)
+        wm = self._watermark(state)
+        new_wm = as_of if wm is None else max(wm, as_of)
+        state["watermark"] = new_wm.isoformat()
+        lines = self._close_due(state, plan, new_wm)
+        self._drop_old(state, seen, new_wm)
+        touched: set[str] = set()
+        alerts = self._budgets(state, plan, lines, touched)
+        if alerts and source is not None:
+            seen[key] = {
+                "tenant": tenant,
+                "window": max(ln.window_id for ln in lines),  # dropped with that window
+                "lines": [ln.to_dict() for ln in lines] if self.keep_lines else [],
+                "alerts": [a.to_dict() for a in alerts],
+                "source": list(source),
+            }
+        if source is not None:
+            applied[str(source[0])] = source[1]
+        return Outcome(lines=lines, alerts=alerts, budget_keys=touched)
+
+    def due(self, state: dict[str, Any], now: datetime) -> bool:
+        """Whether a tick at ``now`` would settle something: a window of the tenant is
+        open (or closed but dirty) and ``end + grace <= now``."""
+        for ws in state["windows"].values():
+            if (not ws["closed"] or ws["dirty"]) and datetime.fromisoformat(
+                ws["end"]
+            ) + self.grace <= now:
+                return True
+        return False
 
     @staticmethod
     def _duplicate(record: Any) -> Outcome:

@@ -4,6 +4,8 @@
   key = tenant; table ``budget_alerts`` (migration 006).
 - budget state: ``schemas/budget_state.v2.avsc`` on the compacted
   ``nodemeter.budget-state.v1``, key = ``tenant/budget/window_start``.
+- window ticks: ``schemas/window_tick.v1.avsc`` on ``nodemeter.usage-by-tenant.v1``,
+  key = tenant (the pricing agent's timer; see ``pricing.batch.tenants_due``).
 - price books: table ``price_book_rates`` (migration 004), one row per (book, version,
   rate, tier), so the prices every line names are queryable next to the lines.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from nodemeter.codec import decode_payload, encode_payload
@@ -112,6 +115,14 @@ def decode_alert(value: bytes) -> dict[str, Any]:
     if name != "budget_alert":
         raise ValueError(f"expected a budget_alert record, got {name}")
     return payload
+
+
+def encode_tick(tenant: str, as_of: datetime) -> tuple[bytes, bytes]:
+    """(key, value) of a window tick for the usage-by-tenant topic: keyed like the
+    tenant's usage (``tenant.encode()``), so it lands in the tenant's partition."""
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    return tenant.encode(), encode_payload("window_tick", {"tenant": tenant, "as_of": as_of})
 
 
 def encode_budget_state(record: Mapping[str, Any]) -> tuple[bytes, bytes]:
