@@ -520,6 +520,7 @@ class RequestScope(_Scope):
         provider: str | None = None,
     ) -> None:
         validate_tenant(tenant)
+        meter.check_tenant(tenant)
         _check_id("request_id", request_id, required=False)
         _check_id("workflow", workflow, required=False)
         _check_id("node_id", node_id)

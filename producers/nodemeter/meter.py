@@ -35,7 +35,13 @@ from typing import Any, Protocol, cast
 from nodemeter import __version__
 from nodemeter.codec import encode_record, record_key
 from nodemeter.context import NodeScope, RequestScope
-from nodemeter.errors import ConfigError, DeliveryError, NodemeterError, OversizeEventError
+from nodemeter.errors import (
+    ConfigError,
+    DeliveryError,
+    InvalidUsageError,
+    NodemeterError,
+    OversizeEventError,
+)
 from nodemeter.events import MAX_EVENT_BYTES, Record, utcnow, validate_record
 from nodemeter.spool import FSYNC_POLICIES, FsyncPolicy, Spool, read_segment
 
@@ -46,6 +52,11 @@ COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 # Settings that make delivery exactly-once per partition; a caller may not turn them off.
 _PINNED = {"enable.idempotence": True, "acks": "all"}
 _SECRET_HINTS = ("password", "secret", "token", "key")
+
+
+def _tenants_from_env() -> frozenset[str] | None:
+    raw = os.environ.get("NODEMETER_TENANTS", "").strip()
+    return frozenset(t.strip() for t in raw.split(",") if t.strip()) if raw else None
 
 
 def _env(name: str, default: str) -> str:
@@ -79,6 +90,9 @@ class MeterConfig:
     producer_name: str = PRODUCER_NAME
     otel: bool | None = None  # None: use OpenTelemetry when it is importable
     producer_config: Mapping[str, Any] = field(default_factory=dict)
+    # Known tenants: usage for any other tenant is refused at the call site
+    # (InvalidUsageError "unknown_tenant"). None: any valid tenant id.
+    tenants: frozenset[str] | None = field(default_factory=lambda: _tenants_from_env())
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers or not isinstance(self.bootstrap_servers, str):
@@ -230,7 +244,17 @@ class Meter:
     def emit(self, record: Record) -> None:
         """Validate (raising ``InvalidUsageError`` here), encode and send one record."""
         validate_record(record)
+        self.check_tenant(record.tenant)
         self.emit_validated(record)
+
+    def check_tenant(self, tenant: str) -> None:
+        """Refuse a tenant outside ``config.tenants`` (when that list is set)."""
+        known = self.config.tenants
+        if known is not None and tenant not in known:
+            raise InvalidUsageError(
+                f"unknown tenant {tenant!r}: not in MeterConfig.tenants / NODEMETER_TENANTS",
+                reason="unknown_tenant",
+            )
 
     def emit_validated(self, record: Record) -> None:
         """Send a record the caller already validated (the context API's fast path)."""

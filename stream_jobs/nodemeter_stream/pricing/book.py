@@ -9,13 +9,14 @@ grant money credit per billing window (``credit_grant``).
 A tenant *plan* names the tenant's book (a book may ``extends`` another, usually
 ``default``: rates it does not define come from there), its time zone, its billing
 window (``day`` or ``month``) and its budgets. Tenants without a plan get
-``defaults``.
+``defaults``, or, with ``unknown_tenants: reject``, their usage is refused
+(dead-lettered with reason ``unknown_tenant``).
 
 Files: one file or a directory of ``*.yaml`` / ``*.yml`` / ``*.json`` files, each
 holding any of ``price_books`` (a list) / ``price_book`` (one), ``tenants`` and
 ``defaults``. Prices are decimal *strings*: a YAML/JSON float is refused because it
 cannot hold a price exactly. Every error names the file and the field path. See
-``docs/pricing.md`` for the format and ``docs/pricebooks/`` for an example set.
+``docs/pricing.md`` for the format and ``pricing/examples/`` for an example set.
 """
 
 from __future__ import annotations
@@ -139,6 +140,12 @@ class PricingConfig:
     books: Mapping[str, PriceBook]
     tenants: Mapping[str, TenantPlan] = field(default_factory=dict)
     defaults: TenantPlan = field(default_factory=lambda: TenantPlan(tenant="*"))
+    # "default": unlisted tenants get ``defaults``; "reject": their usage is dead-lettered
+    unknown_tenants: str = "default"
+
+    def knows(self, tenant: str) -> bool:
+        """Whether ``tenant``'s usage may be priced (listed, or unlisted ones allowed)."""
+        return self.unknown_tenants == "default" or tenant in self.tenants
 
     def plan_for(self, tenant: str) -> TenantPlan:
         plan = self.tenants.get(tenant)
@@ -462,11 +469,16 @@ def parse_documents(docs: Sequence[tuple[str, Any]]) -> PricingConfig:
     book_src: dict[str, str] = {}
     raw_tenants: list[tuple[_Reader, str, Any]] = []
     raw_defaults: tuple[_Reader, Any] | None = None
+    unknown, unknown_src = "default", None
     for source, data in docs:
         r = _Reader(source)
         if data is None:
             continue
-        top = r.mapping(data, "(top)", allowed=("price_book", "price_books", "tenants", "defaults"))
+        top = r.mapping(
+            data,
+            "(top)",
+            allowed=("price_book", "price_books", "tenants", "defaults", "unknown_tenants"),
+        )
         book_items: list[tuple[str, Any]] = []
         if "price_book" in top:
             book_items.append(("price_book", top["price_book"]))
@@ -482,6 +494,13 @@ def parse_documents(docs: Sequence[tuple[str, Any]]) -> PricingConfig:
             book_src[pb.name] = source
         for tenant, t in r.mapping(top.get("tenants", {}), "tenants").items():
             raw_tenants.append((r, str(tenant), t))
+        if "unknown_tenants" in top:
+            policy = top["unknown_tenants"]
+            if policy not in ("default", "reject"):
+                raise r.fail("unknown_tenants", f"must be 'default' or 'reject', got {policy!r}")
+            if unknown_src is not None:
+                raise r.fail("unknown_tenants", f"also given in {unknown_src}")
+            unknown, unknown_src = str(policy), source
         if "defaults" in top:
             if raw_defaults is not None:
                 raise r.fail("defaults", f"defaults are also given in {raw_defaults[0].source}")
@@ -494,7 +513,7 @@ def parse_documents(docs: Sequence[tuple[str, Any]]) -> PricingConfig:
         if tenant in tenants:
             raise r.fail(f"tenants.{tenant}", "tenant is defined twice")
         tenants[tenant] = _plan(r, tenant, t, f"tenants.{tenant}", defaults)
-    cfg = PricingConfig(books=books, tenants=tenants, defaults=defaults)
+    cfg = PricingConfig(books=books, tenants=tenants, defaults=defaults, unknown_tenants=unknown)
     _cross_check(cfg)
     return cfg
 

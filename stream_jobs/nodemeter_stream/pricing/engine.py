@@ -138,6 +138,12 @@ class PricingEngine:
             return self._duplicate(record)
         if record is not None and (source is None or record.get("source") != list(source)):
             return self._duplicate(record)
+        if not self.config.knows(event.tenant):
+            raise PricingError(
+                f"tenant {event.tenant!r} has no plan and unknown tenants are rejected "
+                "(unknown_tenants: reject)",
+                reason="unknown_tenant",
+            )
         plan = self.config.plan_for(event.tenant)
         tz = self.tz(plan)
         win = window_for(event.event_time, plan.billing_window, tz)
