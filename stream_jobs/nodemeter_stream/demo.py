@@ -38,11 +38,13 @@ from nodemeter.codec import encode_payload
 from nodemeter.events import event_id_for
 
 TENANTS = ("acme", "globex", "initech")
+UNKNOWN_TENANT = "umbrella"  # has no plan: its usage must end up in the dead letters
 
 # The demo's tenant plans: the example price books, with budgets sized for a week of
 # demo traffic so that thresholds are crossed and alerts can be seen.
 DEMO_PLANS = """\
 # written by `nodemeter demo`: budgets sized for a week of demo traffic
+unknown_tenants: reject      # usage of a tenant without a plan is dead-lettered
 defaults:
   price_book: default
   time_zone: UTC
@@ -120,6 +122,7 @@ class Traffic:
     duplicate_requests: int = 0
     duplicate_events: int = 0
     malformed: int = 0
+    unknown_tenant_events: int = 0
     request_ids: list[tuple[str, str]] = field(default_factory=list)
     # what a re-run needs to resend byte-identical records: event time and GPU share
     replay: dict[str, tuple[datetime, int]] = field(default_factory=dict)
@@ -158,7 +161,7 @@ async def one_request(
     meter: Any, tenant: str, request_id: str, rng: random.Random, gpu_ms: int
 ) -> None:
     """One request of the support-rag workflow, with a parallel pair of LLM calls."""
-    p = PROFILES[tenant]
+    p = PROFILES.get(tenant, PROFILES["initech"])
     scale = p["scale"]
     with meter.request(tenant=tenant, workflow=WORKFLOW, request_id=request_id):
         with meter.node("preprocess") as s:
@@ -455,6 +458,12 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             start=start,
         )
+        # a service misconfigured with a tenant that has no plan: valid events, refused by pricing
+        before = _emitted(meter)
+        clock.now = start
+        asyncio.run(one_request(meter, UNKNOWN_TENANT, "umbrella-00000", random.Random(1), 50))
+        traffic.requests += 1
+        traffic.unknown_tenant_events = _emitted(meter) - before - 1  # minus its RequestEnd
         meter.flush(30)
         stats = meter.stats.as_dict()
         meter.close()
@@ -469,7 +478,8 @@ def _run(args: argparse.Namespace) -> int:
         emitted = stats.get("produced", 0)
         say(
             f"    SDK emitted {emitted} records ({traffic.duplicate_events} of them resent duplicates "
-            f"from {traffic.duplicate_requests} re-run requests); {traffic.malformed} malformed records"
+            f"from {traffic.duplicate_requests} re-run requests, {traffic.unknown_tenant_events} for "
+            f"unknown tenant {UNKNOWN_TENANT!r}); {traffic.malformed} malformed records"
         )
 
         say("4/5 waiting for the worker to commit everything")
@@ -540,14 +550,16 @@ def _run(args: argparse.Namespace) -> int:
     alerts_sent = sum(end_offsets(bootstrap, topics.budget_alerts).values())
     ok_alerts = alerts_sent == alerts_stored
     ok_events = stored_events == unique_usage
-    ok_dead = dead == traffic.malformed
+    expected_dead = traffic.malformed + traffic.unknown_tenant_events
+    ok_dead = dead == expected_dead
     ok_money = all(c.ok for c in checks)
     say(
         f"{'OK ' if ok_events else 'BAD'} emitted = stored: {unique_usage} unique usage events sent, "
         f"{stored_events} in ClickHouse ({traffic.duplicate_events} duplicates dropped), {stored_requests} requests"
     )
     say(
-        f"{'OK ' if ok_dead else 'BAD'} malformed = dead letters: {traffic.malformed} sent, {dead} dead-lettered"
+        f"{'OK ' if ok_dead else 'BAD'} bad input = dead letters: {traffic.malformed} malformed + "
+        f"{traffic.unknown_tenant_events} of an unknown tenant sent, {dead} dead-lettered"
     )
     say(f"{'OK ' if ok_money else 'BAD'} priced lines = rollups: {reconcile.summary(checks)}")
     say(

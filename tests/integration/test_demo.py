@@ -22,9 +22,11 @@ def test_demo_runs_end_to_end_and_reconciles(kafka_bootstrap: str, tmp_path: Pat
     )  # fmt: skip
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
-    # acme runs twice the requests of the others: 48 + 24 + 24, seven usage events each
-    assert "OK  emitted = stored: 672 unique usage events sent, 672 in ClickHouse" in out
-    assert re.search(r"OK  malformed = dead letters: 5 sent, 5 dead-lettered", out)
+    # acme runs twice the requests of the others: 48 + 24 + 24, plus one request of a tenant
+    # without a plan; seven usage events each
+    assert "OK  emitted = stored: 679 unique usage events sent, 679 in ClickHouse" in out
+    # 5 malformed records (ingest) + 7 events of the unknown tenant (pricing)
+    assert "OK  bad input = dead letters: 5 malformed + 7 of an unknown tenant sent, 12 dead" in out
     assert "OK  priced lines = rollups: reconciled" in out
     assert re.search(r"OK  alerts once: (\d+) on .*, \1 in budget_alerts", out)
     for tenant in ("acme", "globex", "initech"):
