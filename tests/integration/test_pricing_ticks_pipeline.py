@@ -32,14 +32,16 @@ D = Decimal
 
 def october_gpu() -> list[UsageEvent]:
     """30M then 10M H100 ms: provisional 30.00 (tier 1) + 9.00 (40M reached tier 2);
-    exact 40M x 0.0000009 = 36.00, so the settlement is -3.00; credit 25.00 either way."""
+    exact 40M x 0.0000009 = 36.00, so the settlement is -3.00; credit 25.00 either way.
+    One request, so one key and partition: the forward topic carries them in this order
+    (the provisional split depends on the order; the settled total does not)."""
     out = []
+    rid = "acme-oct"
     for i, ms in enumerate((30_000_000, 10_000_000)):
-        rid = f"acme-oct-{i}"
         out.append(
             UsageEvent(
-                event_id=event_id_for("acme", rid, "s", 0), tenant="acme", request_id=rid,
-                node_id="train", span_id="s", workflow="wf",
+                event_id=event_id_for("acme", rid, f"s{i}", 0), tenant="acme", request_id=rid,
+                node_id="train", span_id=f"s{i}", workflow="wf",
                 event_time=datetime(2026, 10, 10 + i, 15, tzinfo=UTC),
                 meters=Meters(gpu_ms=ms, gpu_type="H100", gpu_source=GpuSource.MEASURED),
             )
