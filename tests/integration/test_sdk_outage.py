@@ -1,4 +1,5 @@
-"""Broker stopped mid-run: events go to the spool, and after a restart all arrive once.
+"""Broker stopped mid-run: events go to the spool, and after a restart every event_id arrives,
+with identical bytes wherever a record in flight at the stop was both written and replayed.
 
 Uses a dedicated local broker (its own ports and data directory) so it can be
 stopped and restarted without disturbing the session's shared broker.
@@ -102,19 +103,27 @@ def test_broker_outage_spools_then_delivers_every_event_once(tmp_path: Path) -> 
         consumer.subscribe([topics.usage])
         expected = 2 * len(emitted)  # one usage event + one request end per request
         counts: Counter[str] = Counter()
+        payloads: dict[str, set[bytes]] = {}
         per_request: Counter[str] = Counter()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is not None and not msg.error():
                 rec = decode_record(msg.value())
+                if rec.event_id not in counts:
+                    per_request[rec.request_id] += 1
                 counts[rec.event_id] += 1
-                per_request[rec.request_id] += 1
+                payloads.setdefault(rec.event_id, set()).add(msg.value())
             elif len(counts) >= expected:
                 break  # an idle poll after everything arrived: no late duplicates either
         consumer.close()
         assert len(counts) == expected, (len(counts), expected, stats)  # nothing lost
-        assert all(c == 1 for c in counts.values()), [e for e, c in counts.items() if c > 1]
+        # Once by event_id: a record in flight when the broker stopped may have been written
+        # although its ack was lost, and is then also replayed from the spool. Such a copy
+        # carries the same id and the same bytes, so the worker's dedupe drops it.
+        assert all(len(p) == 1 for p in payloads.values())
+        copies = sum(c - 1 for c in counts.values())
+        assert copies <= stats["spooled"], (copies, stats)
         assert set(per_request) == set(emitted) and set(per_request.values()) == {2}
     finally:
         if meter is not None:
