@@ -155,13 +155,10 @@ class Pricing:
                       rows=[dead_letter_row(d) for d in dead], token=offsets_token("pricing_dead_letters", sources)),
             ]
         )  # fmt: skip
-        stored = [durable_put(self.tenants, t, st, p) for t, (p, st) in res.states.items()]
-        stored += [durable_put(self.seen, k, v, p) for k, (p, v) in res.seen.items()]
-        # On the broker before the batch may be acked: Faust's pre-commit flush gives up
-        # on its send buffer after 0.1 s, so a commit could otherwise overtake the state.
-        await asyncio.gather(*stored)
-        for d in dead:
-            await self.send_dead_letter(d)
+        # Alerts go out before the state that records them is stored: the two state
+        # tables are separate changelogs, and a crash that kept the tenant state (applied
+        # offset) but lost the seen record would otherwise never send the alert. This way
+        # a crash can only repeat an alert (same alert_id), never lose one.
         marked: dict[str, int] = {}
         for key, partition, alert in res.to_send:
             k, v = encode_alert(alert)
@@ -170,6 +167,13 @@ class Pricing:
             delivered = await self.alerts_topic.send(key=k, value=v, force=True)
             await delivered  # on the broker before we record it as sent
             marked[key] = partition
+        stored = [durable_put(self.tenants, t, st, p) for t, (p, st) in res.states.items()]
+        stored += [durable_put(self.seen, k, v, p) for k, (p, v) in res.seen.items()]
+        # On the broker before the batch may be acked: Faust's pre-commit flush gives up
+        # on its send buffer after 0.1 s, so a commit could otherwise overtake the state.
+        await asyncio.gather(*stored)
+        for d in dead:
+            await self.send_dead_letter(d)
         for key, partition in marked.items():
             # sent: a redelivery of these events need not send them again
             rec = self.seen.get(key)
