@@ -72,3 +72,10 @@ def test_config_rejects_bad_ports() -> None:
         kafka.KafkaDevConfig(port=0)
     with pytest.raises(kafka.KafkaDevError):
         kafka.KafkaDevConfig(port=9000, controller_port=9000)
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    # base64url ids start with '-' one time in 64; the storage tool would take that for a flag
+    ids = [kafka.cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)

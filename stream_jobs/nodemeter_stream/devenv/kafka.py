@@ -256,15 +256,13 @@ def _format_storage(cfg: KafkaDevConfig, props: Path) -> None:
     if (cfg.data_dir / "meta.properties").exists():
         return
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    cluster_id = _cluster_id()
     cmd = [
         _java(),
         "-cp",
         _classpath(cfg),
         "kafka.tools.StorageTool",
         "format",
-        "-t",
-        cluster_id,
+        f"--cluster-id={cluster_id()}",
         "-c",
         str(props),
         "--ignore-formatted",
@@ -274,11 +272,16 @@ def _format_storage(cfg: KafkaDevConfig, props: Path) -> None:
         raise KafkaDevError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
 
 
-def _cluster_id() -> str:
-    # Kafka cluster ids are base64url(16 bytes) without padding, like StorageTool random-uuid.
+def cluster_id() -> str:
+    """A Kafka cluster id: base64url(16 random bytes) without padding, like StorageTool
+    random-uuid, and (like Kafka's Uuid) never starting with '-', which the storage
+    tool's argument parser would take for an option."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def read_pid(cfg: KafkaDevConfig) -> int | None:
