@@ -9,7 +9,7 @@ from typing import Any
 
 from nodemeter.codec import decode_record
 from nodemeter.events import Record
-from nodemeter.meter import Meter, MeterConfig
+from nodemeter.meter import Meter, MeterConfig, _LocalMessage
 
 
 class FakeKafkaError:
@@ -23,18 +23,8 @@ class FakeKafkaError:
         return self.text
 
 
-class FakeMessage:
-    def __init__(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._t, self._k, self._v = topic, key, value
-
-    def topic(self) -> str:
-        return self._t
-
-    def key(self) -> bytes | None:
-        return self._k
-
-    def value(self) -> bytes:
-        return self._v
+# the SDK's own stand-in for a confluent Message has exactly the shape the fakes need
+FakeMessage = _LocalMessage
 
 
 class FakeProducer:
