@@ -231,11 +231,6 @@ def test_100k_events_with_duplicates_and_malformed_are_stored_exactly(
 
 
 @pytest.mark.slow
-# KNOWN BUG, not fixed: 1 run in ~6 (under load, when the restarted worker joins while the
-# killed one still holds its group session) lost 2 of 12,000 events. Until the cause is
-# found the test is retried once so main keeps landing; a failing first run is printed
-# by pytest-rerunfailures ("RERUN") and must be investigated, not ignored.
-@pytest.mark.flaky(reruns=1)
 def test_sigkill_mid_batch_then_restart_loses_nothing_and_counts_nothing_twice(
     kafka_bootstrap: str, topics: Any, tmp_path: Path
 ) -> None:
@@ -280,6 +275,19 @@ def test_sigkill_mid_batch_then_restart_loses_nothing_and_counts_nothing_twice(
     for ev in usage_events:
         per_tenant[ev.tenant][0] += 1
         per_tenant[ev.tenant][1] += ev.meters.input_tokens
+    stored = {r[0] for r in query(w.url, w.database, "SELECT event_id FROM usage_events")}
+    missing = {ev.event_id for ev in usage_events} - stored
+    if missing:  # say where the lost events sat in the topic, and what the workers logged
+        where = sorted(
+            (m.partition(), m.offset())
+            for m in consume_all(kafka_bootstrap, topics.usage, expect=len(msgs) + 2000)
+            if decode_payload(m.value())[1]["event_id"] in missing
+        )
+        committed_at_kill = done
+        raise AssertionError(
+            f"{len(missing)} events lost at (partition, offset) {where}; "
+            f"{committed_at_kill} offsets were committed at the kill; logs: {tmp_path}"
+        )
     got = query(
         w.url,
         w.database,

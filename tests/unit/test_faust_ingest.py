@@ -193,3 +193,40 @@ def test_sweep_expires_dedupe_marks_after_the_ttl(wired: Any) -> None:
     ingest._next_housekeeping_ms = 0
     asyncio.run(ingest.sweep())
     assert ingest.seen.get(a.event_id) is None  # ...and the sweep drops it (with a tombstone)
+
+
+def test_dedupe_marks_are_sent_only_once_the_request_states_are_on_the_broker(
+    wired: Any,
+) -> None:
+    # The two tables are separate changelogs. A crash that kept a mark but lost the state
+    # holding its event would turn the replayed event into a duplicate that is never
+    # merged (its request would never get a record), so the states must be delivered
+    # before any mark of the batch is sent.
+    worker, sink, ingest = wired
+    agent = worker.extras["ingest_agent"]
+    order: list[str] = []
+    state_futures: list[asyncio.Future[None]] = []
+
+    def send_state(*a: Any, **k: Any) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        # the broker acknowledges a little later
+        loop.call_later(0.05, lambda: fut.done() or fut.set_result(None))
+        fut.add_done_callback(lambda _: order.append("state delivered"))
+        order.append("state sent")
+        state_futures.append(fut)
+        return fut
+
+    def send_mark(*a: Any, **k: Any) -> asyncio.Future[None]:
+        order.append("mark sent")
+        assert all(f.done() for f in state_futures), "a mark was sent before its state"
+        return delivered()
+
+    ingest.requests.table.send_changelog = send_state
+    ingest.seen.table.send_changelog = send_mark
+    records = [ev("a", 1, req="r1"), ev("b", 2, req="r2"), ev("c", 3, req="r3")]
+    asyncio.run(put_all(agent, sink, [(b"acme/r", encode_record(r)) for r in records]))
+    assert sink.acked == 3
+    assert order.count("mark sent") == 3 and order.count("state sent") == 3
+    first_mark = order.index("mark sent")
+    assert order[:first_mark].count("state delivered") == 3, order

@@ -6,7 +6,8 @@ One batch at a time (``noack_take``, concurrency 1), in this order:
 2. write usage_events, dead_letters, request_records, request_nodes to ClickHouse,
    each block with a deterministic ``insert_deduplication_token`` (retried until
    acknowledged: an outage pauses consumption);
-3. only then record the event ids as seen and store the request states (changelog);
+3. only then store the request states (changelog) and, once they are on the broker,
+   record the event ids as seen (a mark always has its event's state behind it);
 4. send dead letters to the DLQ topic and first-seen usage events to
    ``usage-by-tenant`` (at-least-once);
 5. ack the batch, so Faust commits its offsets.
@@ -148,15 +149,19 @@ class Ingest:
             t_plan = time.perf_counter()
             await self.sink.write(blocks)
             t_sink = time.perf_counter()
-            # Stored: from here on the state may say so.
+            # Stored: from here on the state may say so. The request states go first and
+            # the dedupe marks only once the states are on the broker: the two tables are
+            # separate changelogs, and a crash that kept a mark but lost the state holding
+            # its event would make the replayed event a "duplicate" never merged (seen in
+            # the SIGKILL test: requests left without their record). In this order a crash
+            # can only lose marks, and a replayed event is merged again, idempotently.
+            await asyncio.gather(*(self.put_state(k, st) for k, st in plan.states.items()))
             pending: list[Any] = []
             for a in plan.fresh:
                 mark = SeenMark(now_ms, a.source.partition)
                 pending.append(
                     self.seen.put(a.record.event_id, mark.to_json(), partition=a.source.partition)
                 )
-            for key, state in plan.states.items():
-                pending.append(self.put_state(key, state))
         for d in plan.dead_letters:
             pending.append(self.send_dead_letter(d, now_ms=now_ms))
         for a in plan.fresh:

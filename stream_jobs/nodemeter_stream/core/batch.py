@@ -100,7 +100,9 @@ def plan_batch(
         key = state_key(rec.tenant, rec.request_id)
         state = state_of(key)
         if duplicate and (state is None or state.has(rec.event_id)):
-            # Stored before and already merged (or merged into a state since purged).
+            # Stored before and already merged (or merged into a state since purged: the
+            # wiring stores a batch's states before its dedupe marks, so a mark without
+            # a state means the state was purged, never that a crash lost it).
             # A stored duplicate that a crash kept out of a live state is merged again:
             # merging is idempotent, so this only ever fills a gap.
             continue
