@@ -94,6 +94,35 @@ def test_cuda_timer_measures_gpu_work() -> None:  # pragma: no cover - GPU machi
     assert timer.available and timer.elapsed_ms >= 1 and timer.source == GpuSource.MEASURED
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs torch with a CUDA GPU")
+def test_span_gpu_timer_and_apportion_on_a_real_gpu(
+    tmp_path: Path,
+) -> None:  # pragma: no cover - GPU machines only
+    # One batched GPU call serves three requests: the span measures it with CUDA events,
+    # names the GPU as NVML does, and the measured time is apportioned exactly by tokens.
+    import torch
+
+    meter, producers = fake_meter(tmp_path)
+    x = torch.randn(2048, 2048, device="cuda")
+    with (
+        meter.request(tenant="acme"),
+        meter.node("infer.batch", model="m") as span,
+        span.gpu_timer() as timer,
+    ):
+        for _ in range(20):
+            x = x @ x / 2048
+    meter.flush()
+    (batch,) = [r for r in delivered_records(producers) if hasattr(r, "meters")]
+    assert batch.meters.gpu_source == GpuSource.MEASURED
+    assert batch.meters.gpu_ms == timer.elapsed_ms >= 1
+    assert batch.meters.gpu_type == torch.cuda.get_device_name() == gpu_type()
+    tokens = [1200, 300, 500]
+    shares = apportion(batch.meters.gpu_ms, tokens)
+    assert sum(shares) == batch.meters.gpu_ms and all(s >= 0 for s in shares)
+    print(f"\n[gpu] {batch.meters.gpu_type}: {batch.meters.gpu_ms} ms measured -> {shares}")
+
+
 def test_nvml_reports_or_explains() -> None:
     try:
         readings = nvml_readings()
