@@ -1,6 +1,6 @@
 """Emit overhead of the SDK against raw confluent-kafka ``produce()``, in one run.
 
-    .venv/bin/python bench/bench_emit.py [--events 100000] [--spans 20000] [--all-cores]
+    .venv/bin/python bench/bench_emit.py [--events 100000] [--spans 20000] [--rounds 3] [--all-cores]
 
 Uses ``NODEMETER_KAFKA_BOOTSTRAP`` if set, else starts a private local broker
 (Kafka 4.4, KRaft) on free ports and stops it afterwards. By default the process
@@ -10,10 +10,13 @@ is pinned to one CPU core (librdkafka's threads included) so the figures are
 - raw: ``produce()`` of the very same encoded bytes and keys, same producer
   settings (idempotent, acks=all, lz4, linger 5 ms), without and with a
   per-message delivery callback (the SDK needs one to spool failures);
-- sdk emit: ``Meter.emit(UsageEvent)``: validation + encoding + produce + callback;
+- sdk emit: ``Meter.emit(UsageEvent)``: validation + encoding + produce + callback,
+  with the compiled encoder (``nodemeter_native``, when installed) and with the
+  pure-Python path forced (``Meter(native=False)``), each against raw;
 - sdk span: ``with meter.node(...) as s: s.record(...)`` inside a request,
-  median and p99 microseconds per span (one usage record each).
-Rates include waiting for every delivery (flush) at the end.
+  median and p99 microseconds per span (one usage record each), both paths.
+Rates include waiting for every delivery (flush) at the end. Each throughput
+measurement runs ``--rounds`` times, interleaved; the median round is reported.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from nodemeter import fastcodec
 from nodemeter.codec import encode_record, record_key
 from nodemeter.events import Meters, UsageEvent, event_id_for, utcnow
 from nodemeter.meter import Meter, MeterConfig
@@ -65,24 +69,21 @@ def make_events(n: int) -> list[UsageEvent]:
     ]
 
 
-def timed(label: str, n: int, fn: Callable[[], None], flush: Callable[[], Any]) -> float:
+def timed(n: int, fn: Callable[[], None], flush: Callable[[], Any]) -> tuple[float, float]:
+    """(events/s including delivery, µs per event inside the calls)."""
     t0 = time.perf_counter()
     fn()
     t_call = time.perf_counter() - t0
     flush()
     total = time.perf_counter() - t0
-    rate = n / total
-    print(
-        f"{label:<34} {rate:>11,.0f} events/s   {t_call / n * 1e6:6.2f} µs/event in the call"
-        f"   ({total:.2f} s incl. delivery)"
-    )
-    return rate
+    return n / total, t_call / n * 1e6
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--spans", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=3, help="repeats of each throughput run")
     ap.add_argument("--all-cores", action="store_true", help="do not pin to one core")
     args = ap.parse_args()
 
@@ -103,7 +104,7 @@ def main() -> int:
         )
         bootstrap = kafka.up(cfg_broker)
     try:
-        run(bootstrap, args.events, args.spans)
+        run(bootstrap, args.events, args.spans, args.rounds)
     finally:
         if cfg_broker is not None:
             from nodemeter_stream.devenv import kafka
@@ -112,7 +113,7 @@ def main() -> int:
     return 0
 
 
-def run(bootstrap: str, n: int, spans: int) -> None:
+def run(bootstrap: str, n: int, spans: int, rounds: int) -> None:
     from nodemeter_stream.topics import Topics, ensure_topics
 
     topics = Topics(prefix=f"bench{uuid.uuid4().hex[:6]}.")
@@ -125,8 +126,11 @@ def run(bootstrap: str, n: int, spans: int) -> None:
     print(
         f"{n:,} events of {len(encoded[0][0])} bytes; broker {bootstrap}; Python {sys.version.split()[0]}"
     )
+    print(
+        f"compiled encoder (nodemeter_native): {'in use' if fastcodec.NATIVE else 'NOT installed'}"
+    )
 
-    # warm up connections and metadata for both paths
+    # warm up connections and metadata for every path
     raw = Producer(config.producer_conf())
     raw.produce(topic, encoded[0][0], encoded[0][1])
     raw.flush(30)
@@ -152,41 +156,76 @@ def run(bootstrap: str, n: int, spans: int) -> None:
             if i % 1000 == 0:
                 raw.poll(0)
 
-    meter = Meter(config)
-    meter.emit(events[0])
-    meter.flush(30)
+    meters = {"native": Meter(config), "python": Meter(config, native=False)}
+    for meter in meters.values():
+        meter.emit(events[0])
+        meter.flush(30)
 
-    def sdk_emit() -> None:
-        emit = meter.emit
-        for e in events:
-            emit(e)
+    def sdk_emit(meter: Meter) -> Callable[[], None]:
+        def loop() -> None:
+            emit = meter.emit
+            for e in events:
+                emit(e)
 
-    print("--- throughput, one core ---")
-    r_plain = timed("raw produce()", n, raw_plain, lambda: raw.flush(60))
-    r_cb = timed("raw produce() + delivery callback", n, raw_cb, lambda: raw.flush(60))
-    r_sdk = timed("sdk Meter.emit()", n, sdk_emit, lambda: meter.flush(60))
-    print(f"sdk / raw produce():            {r_sdk / r_plain:6.1%}")
-    print(f"sdk / raw produce() + callback: {r_sdk / r_cb:6.1%}")
+        return loop
+
+    paths: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
+        "raw produce()": (raw_plain, lambda: raw.flush(60)),
+        "raw produce() + delivery callback": (raw_cb, lambda: raw.flush(60)),
+    }
+    if meters["native"].native:
+        m = meters["native"]
+        paths["sdk Meter.emit(), native"] = (sdk_emit(m), lambda: m.flush(60))
+    p = meters["python"]
+    paths["sdk Meter.emit(), pure Python"] = (sdk_emit(p), lambda: p.flush(60))
+
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label in paths}
+    for _ in range(rounds):
+        for label, (fn, flush) in paths.items():
+            results[label].append(timed(n, fn, flush))
+    print(f"--- throughput, one core (median of {rounds} rounds; rates include delivery) ---")
+    rate: dict[str, float] = {}
+    for label, rs in results.items():
+        rs.sort()
+        r, us = rs[len(rs) // 2]
+        rate[label] = r
+        spread = f"{rs[0][0]:,.0f} - {rs[-1][0]:,.0f}"
+        print(
+            f"{label:<34} {r:>11,.0f} events/s   {us:5.2f} µs/event in the call   (rounds: {spread})"
+        )
+    plain, cb = rate["raw produce()"], rate["raw produce() + delivery callback"]
+    for label in paths:
+        if label.startswith("sdk"):
+            print(
+                f"{label + ' / raw':<40} {rate[label] / plain:6.1%}   "
+                f"(/ raw + callback: {rate[label] / cb:6.1%})"
+            )
 
     print("--- a node span with one usage record ---")
-    samples: list[int] = []
-    with meter.request(tenant="acme", workflow="bench"):
-        for i in range(spans):
-            t0 = time.perf_counter_ns()
-            with meter.node("llm.summarize", model="gpt-4o") as span:
-                span.record(input_tokens=800 + i % 100, output_tokens=90)
-            samples.append(time.perf_counter_ns() - t0)
-            if i % 2000 == 0:
-                meter._producer.poll(0)
-    meter.flush(60)
-    samples.sort()
-    med = statistics.median(samples) / 1000
-    p99 = samples[int(len(samples) * 0.99)] / 1000
-    print(f"span with one record: median {med:.1f} µs, p99 {p99:.1f} µs ({spans:,} spans)")
-    stats = meter.stats.as_dict()
-    meter.close()
-    print(f"meter stats: {stats}")
-    assert stats["lost"] == 0 and stats["spooled"] == 0, "the benchmark must not lose or spool"
+    for name, meter in meters.items():
+        if name == "native" and not meter.native:
+            continue
+        samples: list[int] = []
+        with meter.request(tenant="acme", workflow="bench"):
+            for i in range(spans):
+                t0 = time.perf_counter_ns()
+                with meter.node("llm.summarize", model="gpt-4o") as span:
+                    span.record(input_tokens=800 + i % 100, output_tokens=90)
+                samples.append(time.perf_counter_ns() - t0)
+                if i % 2000 == 0:
+                    meter._producer.poll(0)
+        meter.flush(60)
+        samples.sort()
+        med = statistics.median(samples) / 1000
+        p99 = samples[int(len(samples) * 0.99)] / 1000
+        print(
+            f"span with one record, {name:<6}: median {med:.1f} µs, p99 {p99:.1f} µs ({spans:,} spans)"
+        )
+    for name, meter in meters.items():
+        stats = meter.stats.as_dict()
+        meter.close()
+        print(f"meter stats ({name}): {stats}")
+        assert stats["lost"] == 0 and stats["spooled"] == 0, "the benchmark must not lose or spool"
 
 
 if __name__ == "__main__":

@@ -7,17 +7,30 @@ a hypothesis test checks) for the *latest* usage_event and request_end
 schemas. At import it compares the schemas' field lists with what it writes;
 if a newer schema version appears that it does not know, ``encode`` falls back
 to the generic encoder, so it can never write a record the schema disagrees with.
+
+The emit path uses ``validate_and_encode`` / ``encode_with_key``: validation,
+encoding and the Kafka key in one call. They are the compiled extension
+``nodemeter_native`` (Rust, ``producers/native``) when it is installed and
+accepts these schemas (``NATIVE`` is then True), else the Python functions here;
+both give the same bytes and raise the same errors (property tests check it).
+``NODEMETER_NATIVE=0`` forces the Python path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
 
 import nodemeter_schemas
-from nodemeter.codec import SINGLE_OBJECT_MAGIC, encode_record, schema_entry
-from nodemeter.events import GpuSource, Record, Status, UsageEvent
+from nodemeter import events
+from nodemeter.codec import SINGLE_OBJECT_MAGIC, encode_record, record_key, schema_entry
+from nodemeter.events import GpuSource, Meters, Record, RequestEnd, Status, UsageEvent
+
+log = logging.getLogger("nodemeter")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SMALL = [bytes([n << 1]) for n in range(64)]  # zigzag varints of 0..63: one byte
@@ -181,3 +194,74 @@ def encode(record: Record) -> bytes:
             _smap(record.attributes),
         )
     )
+
+
+# --- the emit path: validate + encode + key in one call ---------------------------------
+
+Encoded = tuple[bytes, bytes]  # (Kafka key, value)
+
+
+def python_validate_and_encode(record: Record) -> Encoded:
+    """The pure-Python path: ``events.validate_record``, then ``encode``."""
+    events.validate_record(record)
+    return record_key(record), encode(record)
+
+
+def python_encode_with_key(record: Record) -> Encoded:
+    return record_key(record), encode(record)
+
+
+def _load_native() -> ModuleType | None:
+    if os.environ.get("NODEMETER_NATIVE", "").strip().lower() in ("0", "false", "no", "off"):
+        log.debug("nodemeter: NODEMETER_NATIVE=0: pure-Python encoder")
+        return None
+    if _USAGE_HEAD is None or _END_HEAD is None:
+        log.debug("nodemeter: schemas newer than the hand-written encoders: generic encoder")
+        return None
+    try:
+        import nodemeter_native
+    except ImportError:
+        log.debug("nodemeter: nodemeter_native not installed: pure-Python encoder")
+        return None
+    try:
+        nodemeter_native.configure(
+            usage_event=UsageEvent,
+            meters=Meters,
+            request_end=RequestEnd,
+            status=list(Status),
+            gpu_source=list(GpuSource),
+            usage_head=_USAGE_HEAD,
+            end_head=_END_HEAD,
+            usage_fields=USAGE_FIELDS,
+            meter_fields=METER_FIELDS,
+            end_fields=END_FIELDS,
+            limits=dict(events.LIMITS),
+            max_id_len=events.MAX_ID_LEN,
+            max_attributes=events.MAX_ATTRIBUTES,
+            max_attribute_len=events.MAX_ATTRIBUTE_LEN,
+            max_custom_meters=events.MAX_CUSTOM_METERS,
+            tenant_pattern=events._TENANT_RE.pattern,
+            custom_pattern=events._CUSTOM_RE.pattern,
+            slow_validated=python_validate_and_encode,
+            slow_plain=python_encode_with_key,
+        )
+    except Exception as exc:  # a build older or newer than these events
+        log.warning("nodemeter: nodemeter_native does not match this SDK (%s): pure-Python", exc)
+        return None
+    log.debug("nodemeter: compiled encoder nodemeter_native in use")
+    return nodemeter_native
+
+
+_native = _load_native()
+NATIVE: bool = _native is not None
+"""True when ``validate_and_encode`` / ``encode_with_key`` run compiled code."""
+
+validate_and_encode: Callable[[Record], Encoded] = (
+    _native.validate_encode if _native is not None else python_validate_and_encode
+)
+"""Validate (``InvalidUsageError`` as ``events.validate_record``), encode: (key, value)."""
+
+encode_with_key: Callable[[Record], Encoded] = (
+    _native.encode if _native is not None else python_encode_with_key
+)
+"""Encode a record validated earlier (no validation errors): (key, value)."""
