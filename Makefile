@@ -5,12 +5,17 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# The SDK's compiled emit path (Rust, pyo3): built into the venv when cargo exists.
+NATIVE_SRC := $(wildcard producers/native/Cargo.toml producers/native/Cargo.lock \
+                producers/native/pyproject.toml producers/native/src/*.rs \
+                producers/native/nodemeter_native/*)
+NATIVE  ?= auto
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml $(NATIVE_SRC) | cksum | cut -d' ' -f1)-native-$(NATIVE)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(NATIVE_SRC)
 	@command -v java >/dev/null && command -v mvn >/dev/null || { \
 	  echo "[setup] java 17+ and maven are needed for the local Kafka broker; installing"; \
 	  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; }
@@ -18,6 +23,20 @@ $(STAMP): pyproject.toml
 	@echo "[setup] installing nodemeter with worker, gpu and dev extras into $(VENV)"
 	@$(BIN)/pip install -q --upgrade pip
 	@$(BIN)/pip install -q -e ".[worker,gpu,dev]"
+	@if [ "$(NATIVE)" = 0 ]; then \
+	  echo "[setup] NATIVE=0: the SDK uses its pure-Python encoder"; \
+	  $(BIN)/pip uninstall -y -q nodemeter-native 2>/dev/null || true; \
+	elif command -v cargo >/dev/null; then \
+	  echo "[setup] building the SDK's compiled emit path (producers/native, Rust + pyo3)"; \
+	  start=$$(date +%s); \
+	  $(BIN)/pip install -q ./producers/native || { \
+	    echo "[setup] producers/native failed to build; 'make setup NATIVE=0' skips it"; exit 1; }; \
+	  echo "[setup] compiled emit path built in $$(( $$(date +%s) - start )) s"; \
+	else \
+	  echo "[setup] cargo not found: the SDK uses its pure-Python encoder (about 5x slower emit);"; \
+	  echo "[setup]   install Rust (https://rustup.rs) and run make setup again for the compiled path"; \
+	  $(BIN)/pip uninstall -y -q nodemeter-native 2>/dev/null || true; \
+	fi
 	@rm -f $(VENV)/.installed-* && touch $@
 
 .PHONY: help setup browser demo test test-fast check fmt kafka-up kafka-down bench clean
@@ -25,7 +44,7 @@ $(STAMP): pyproject.toml
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv and install everything (idempotent)
+setup: $(STAMP) ## create .venv and install everything (idempotent; NATIVE=0: no Rust build)
 
 browser: ## Debian's headless Chromium for the HTML report's screenshot test (skipped without it)
 	@command -v chromium >/dev/null || { echo "[setup] installing chromium (Debian) for the screenshot test"; \
@@ -58,4 +77,4 @@ kafka-down: $(STAMP) ## stop the local Kafka broker
 
 clean: ## stop the local broker, delete local data (.nodemeter) and the venv
 	-$(BIN)/nodemeter dev kafka down
-	rm -rf .nodemeter $(VENV)
+	rm -rf .nodemeter $(VENV) producers/native/target
