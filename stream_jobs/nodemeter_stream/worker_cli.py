@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -101,12 +102,34 @@ def agent_modules(spec: str | None) -> tuple[str, ...] | None:
     return tuple(n if "." in n else f"nodemeter_stream.agents.{n}" for n in names)
 
 
+def inject_faults(worker: Any) -> None:
+    """``NODEMETER_FAULT_SKIP_AHEAD=N`` (tests only): once every usage partition has a
+    committed offset, jump the fetch positions N records ahead behind Faust's back, as a
+    stale prefetched record does (see commit_guard)."""
+    n = int(os.environ.get("NODEMETER_FAULT_SKIP_AHEAD", "0") or 0)
+    if n <= 0:
+        return
+    from nodemeter_stream.commit_guard import skip_ahead
+
+    app, done = worker.app, []
+
+    @app.timer(0.2)
+    async def fault_skip_ahead() -> None:
+        if done or app.rebalancing or not app.tables.recovery.completed.is_set():
+            return
+        consumer = app.consumer
+        usage = [tp for tp in consumer.assignment() if tp.topic == worker.config.topics.usage]
+        if usage and all(consumer._committed_offset[tp] is not None for tp in usage):
+            done.append(await skip_ahead(consumer, n))
+
+
 def run(args: argparse.Namespace) -> int:
     import faust
 
     cfg = config_from_args(args)
     ensure_topics(cfg.bootstrap, cfg.topics)
     worker = build_app(cfg)
+    inject_faults(worker)
     worker.metrics.serve(cfg.metrics_port)
     log = logging.getLogger("nodemeter.worker")
 

@@ -174,6 +174,7 @@ class WorkerProcess:
     extra: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
     python_args: Sequence[str] = ("-m",)  # e.g. ("-m", "cProfile", "-o", FILE, "-m")
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
 
     @property
     def url(self) -> str:
@@ -206,7 +207,7 @@ class WorkerProcess:
         ]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
         )
         return self
 

@@ -1,0 +1,158 @@
+"""The commit guard on Faust's real consumer methods, driven through a fake consumer state.
+
+``FakeConsumerState`` holds only the bookkeeping attributes that Faust's
+``Consumer._add_gap`` / ``_new_offset`` read and write; the methods themselves are
+faust-streaming's own (before the guard: ``commit_guard.ORIGINALS``) or the guarded ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from faust.types import TP
+from intervaltree import IntervalTree
+
+from nodemeter_stream import commit_guard
+from nodemeter_stream.commit_guard import Stuck, head_missing, heal
+
+GUARDED = "nodemeter-test-guard.usage.v1"
+PLAIN = "some-app-table-changelog"
+
+
+class FakeConsumerState:
+    """A fake: Faust's consumer bookkeeping, plus a recording seek and earliest_offsets."""
+
+    def __init__(self, *, earliest: int = 0) -> None:
+        self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self.earliest = earliest
+        self.seeks: list[tuple[TP, int]] = []
+
+    def ack(self, tp: TP, *offsets: int) -> None:
+        for o in offsets:
+            self._acked[tp].append(o)
+            self._acked_index[tp].add(o)
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.earliest for tp in tps}
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+@pytest.fixture(autouse=True)
+def guarded_topic() -> None:
+    commit_guard.guard_topics(GUARDED)
+
+
+def faust_method(name: str) -> Any:
+    from faust.transport.consumer import Consumer
+
+    return getattr(Consumer, name)
+
+
+def the_restart_seen_in_the_sigkill_test(topic: str) -> tuple[FakeConsumerState, TP]:
+    """Committed 3125; the first record delivered after the seek is 3242 (prefetched)."""
+    tp = TP(topic, 2)
+    state = FakeConsumerState()
+    state._committed_offset[tp] = 3125
+    asyncio.run(faust_method("_add_gap")(state, tp, 3126, 3242))
+    state.ack(tp, 3242, 3243)  # the stream processed the prefetched records
+    return state, tp
+
+
+def test_faust_alone_commits_past_records_nobody_processed() -> None:
+    # What the guard is for: with Faust's own methods, 3125..3241 count as done.
+    tp = TP(PLAIN, 2)
+    state = FakeConsumerState()
+    state._committed_offset[tp] = 3125
+    asyncio.run(commit_guard.ORIGINALS["_add_gap"](state, tp, 3126, 3242))
+    state.ack(tp, 3242, 3243)
+    # 3243: 3125..3242 count as done (the duplicate 3242, from the gap and the ack,
+    # ends Faust's consecutive run there: the one-offset-per-commit crawl seen in logs)
+    assert commit_guard.ORIGINALS["_new_offset"](state, tp) == 3243
+
+
+def test_unguarded_topics_keep_faust_behaviour() -> None:
+    state, tp = the_restart_seen_in_the_sigkill_test(PLAIN)
+    assert faust_method("_new_offset")(state, tp) == 3243
+
+
+def test_guarded_topic_does_not_commit_past_the_unprocessed_head(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="nodemeter.commits"):
+        state, tp = the_restart_seen_in_the_sigkill_test(GUARDED)
+    assert not state._gap[tp]  # nothing counted as acknowledged
+    assert "3126..3242" in caplog.text and "not delivered in order" in caplog.text
+    assert faust_method("_new_offset")(state, tp) is None
+    # once the skipped records are delivered again and processed, the commit moves on
+    state.ack(tp, *range(3125, 3242))
+    assert faust_method("_new_offset")(state, tp) == 3244
+
+
+def test_guarded_topic_commits_normally_in_order() -> None:
+    tp = TP(GUARDED, 0)
+    state = FakeConsumerState()
+    state._committed_offset[tp] = 10
+    state.ack(tp, 10, 11, 12)
+    assert faust_method("_new_offset")(state, tp) == 13
+    # a single missing head record: Faust's check alone (> 1) would let 13 pass
+    state._committed_offset[tp] = 13
+    state.ack(tp, 14, 15)
+    assert commit_guard.ORIGINALS["_new_offset"](state, tp) == 16
+    state2 = FakeConsumerState()
+    state2._committed_offset[tp] = 13
+    state2.ack(tp, 14, 15)
+    assert faust_method("_new_offset")(state2, tp) is None
+
+
+@pytest.mark.parametrize(
+    ("acked", "committed", "missing"),
+    [([], 5, False), ([5, 6], 5, False), ([6, 7], 5, True), ([6], None, False)],
+)
+def test_head_missing(acked: list[int], committed: int | None, missing: bool) -> None:
+    assert head_missing(acked, committed) is missing
+
+
+def test_stuck_is_due_only_after_the_grace_and_for_the_same_head() -> None:
+    s = Stuck(grace_s=2.0)
+    assert not s.due("tp", 5, True, now=0.0)
+    assert not s.due("tp", 5, True, now=1.9)
+    assert s.due("tp", 5, True, now=2.0)
+    assert not s.due("tp", 5, True, now=3.0)  # another grace before the next rewind
+    assert not s.due("tp", 9, True, now=4.5)  # the head moved: start again
+    assert not s.due("tp", 9, False, now=9.0)  # healed
+    assert not s.due("tp", 9, True, now=9.5)
+
+
+def test_heal_rewinds_a_partition_whose_head_stays_missing() -> None:
+    state, tp = the_restart_seen_in_the_sigkill_test(GUARDED)
+    now = [100.0]
+    stuck = Stuck(grace_s=2.0)
+    assert asyncio.run(heal(state, stuck, clock=lambda: now[0])) == []
+    now[0] += 2.5
+    assert asyncio.run(heal(state, stuck, clock=lambda: now[0])) == [tp]
+    assert state.seeks == [(tp, 3125)]
+
+
+def test_heal_goes_on_from_the_log_start_when_retention_deleted_the_head(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tp = TP(GUARDED, 1)
+    state = FakeConsumerState(earliest=500)
+    state._committed_offset[tp] = 120
+    state.ack(tp, 500, 501)
+    stuck = Stuck(grace_s=0.0)
+    with caplog.at_level(logging.ERROR, logger="nodemeter.commits"):
+        asyncio.run(heal(state, stuck, clock=lambda: 0.0))
+        assert asyncio.run(heal(state, stuck, clock=lambda: 1.0)) == []
+    assert "records 120..499" in caplog.text and "retention" in caplog.text
+    assert state.seeks == []
+    assert faust_method("_new_offset")(state, tp) == 502
