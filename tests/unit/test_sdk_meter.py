@@ -135,6 +135,28 @@ def test_fatal_error_rebuilds_the_producer(tmp_path: Path) -> None:
     assert sorted(r.span_id for r in delivered_records(producers)) == ["s1", "s2"]
 
 
+def test_a_rebuild_racing_an_emit_never_loses_the_record(tmp_path: Path) -> None:
+    # emit takes no lock: here the rebuild (swap + purge of the old producer) lands
+    # between emit reading the producer and the record entering it, the worst order.
+    meter, producers = fake_meter(tmp_path)
+    old = producers[0]
+    real_produce = old.produce
+
+    def produce_after_a_rebuild(*args: object, **kwargs: object) -> None:
+        meter._rebuild_producer()
+        real_produce(*args, **kwargs)  # type: ignore[arg-type]
+
+    old.produce = produce_after_a_rebuild  # type: ignore[method-assign]
+    meter.emit(event(1))
+    assert meter.stats.spooled == 1  # the emit path noticed the swap and kept a copy
+    (seg,) = (tmp_path / "spool").iterdir()
+    (rec,) = list(read_segment(seg))
+    assert rec.value == encode_record(event(1))
+    meter.emit(event(2))  # later records go to the new producer
+    meter.flush()
+    assert delivered_records(producers[1:]) == [event(2)]
+
+
 def test_callback_errors_never_reach_the_caller(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
