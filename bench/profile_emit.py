@@ -36,8 +36,14 @@ class NullProducer:
     def flush(self, timeout: float) -> int:
         return 0
 
-    def purge(self, **kw: Any) -> None:
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
         pass
+
+    def list_topics(self, topic: str | None = None, timeout: float = 1.0) -> Any:
+        return None
 
 
 def per_event(events: list[UsageEvent], fn: Callable[[UsageEvent], object]) -> float:
@@ -77,7 +83,7 @@ def main() -> int:
     for native in ([True] if fastcodec.NATIVE else []) + [False]:
         meter = Meter(
             cfg, producer_factory=lambda c: NullProducer(), native=native, background=False
-        )  # type: ignore[arg-type,return-value]
+        )
         label = "native" if native else "python"
         rows.append((f"Meter.emit, {label}, no-op produce()", per_event(events, meter.emit)))
         meter.close()

@@ -44,7 +44,7 @@ from nodemeter.meter import Meter, MeterConfig
 try:
     import nodemeter_native
 except ImportError:  # pragma: no cover - `make setup` builds it wherever cargo exists
-    nodemeter_native = None
+    nodemeter_native = None  # type: ignore[assignment]
 
 needs_native = pytest.mark.skipif(
     nodemeter_native is None,
