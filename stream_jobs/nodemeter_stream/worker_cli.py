@@ -111,7 +111,8 @@ def inject_faults(worker: Any) -> None:
         return
     from nodemeter_stream.commit_guard import skip_ahead
 
-    app, done = worker.app, []
+    app = worker.app
+    done: list[dict[Any, int]] = []
 
     @app.timer(0.2)
     async def fault_skip_ahead() -> None:
