@@ -161,3 +161,121 @@ async def skip_ahead(consumer: Any, n: int) -> dict[Any, int]:
             await consumer._seek(tp, moved[tp])
     log.warning("fault injection: skipped %d records ahead on %s", n, moved)
     return moved
+
+
+# --- in-order admission (per agent) ----------------------------------------------------
+
+
+def admit(
+    positions: Iterable[tuple[Any, int]],
+    expected: dict[Any, int],
+    start: Callable[[Any], int | None],
+) -> tuple[list[bool], dict[Any, int]]:
+    """Which records of a batch to process now, and where to rewind (pure).
+
+    ``positions`` are the batch's (partition, offset) in delivery order; ``expected`` the
+    next offset per partition (updated in place); ``start(tp)`` where a partition starts
+    when ``expected`` has nothing yet (its committed offset, None: take what comes).
+    A record ahead of the expected offset, and every later one of its partition in the
+    batch, is held back (not processed, not acknowledged) and the partition is to be
+    rewound to the expected offset; records at or below it are processed (a replay,
+    which dedupe makes harmless).
+    """
+    keep: list[bool] = []
+    rewind: dict[Any, int] = {}
+    for tp, offset in positions:
+        if tp in rewind:
+            keep.append(False)
+            continue
+        want = expected.get(tp)
+        if want is None:
+            want = start(tp)
+        if want is not None and offset > want:
+            rewind[tp] = want
+            keep.append(False)
+            continue
+        expected[tp] = max(want or 0, offset + 1)
+        keep.append(True)
+    return keep, rewind
+
+
+@dataclass
+class InOrder:
+    """An agent's guard: its partitions' records are processed strictly in offset order.
+
+    Faust may deliver a record ahead of the committed position after an assignment (see
+    the module docstring). Processing it first would reorder a tenant's events (pricing
+    keeps a per-partition watermark of applied offsets and event-time windows), so the
+    agent holds such records back and rewinds the partition to the first record it has
+    not seen; the records come again, in order. Positions start from the committed
+    offsets of each new assignment (generation); while a rebalance is under way, records
+    from the previous assignment pass unchecked (they are in order with what came before).
+    """
+
+    app: Any  # faust.App: consumer, rebalancing, tables.recovery, consumer_generation_id
+    expected: dict[Any, int] = field(default_factory=dict)
+    generation: Any = None
+    rewinds: int = 0
+    held_back: int = 0
+    # one seek per partition and target a second: the records fetched before a rewind
+    # keep arriving for a while and are held back without a new seek each time
+    reseek_s: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    _sought: dict[Any, tuple[int, float]] = field(default_factory=dict)
+
+    async def admit(self, events: list[Any]) -> list[Any]:
+        app = self.app
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return events
+        if app.consumer_generation_id != self.generation:
+            self.generation = app.consumer_generation_id
+            self.expected.clear()
+        consumer = app.consumer
+        starts: dict[Any, int | None] = {}
+        for e in events:
+            tp = e.message.tp
+            if tp not in self.expected and tp not in starts:
+                start = consumer._committed_offset[tp]
+                if start is None:  # never committed: the group starts at the log start
+                    start = (await consumer.earliest_offsets(tp)).get(tp)
+                starts[tp] = start
+        keep, rewind = admit(
+            ((e.message.tp, e.message.offset) for e in events), self.expected, starts.get
+        )
+        now = self.clock()
+        for tp, offset in rewind.items():
+            held = [e.message.offset for e, k in zip(events, keep, strict=True)
+                    if not k and e.message.tp == tp]  # fmt: skip
+            self.held_back += len(held)
+            last = self._sought.get(tp)
+            if last is not None and last[0] == offset and now - last[1] < self.reseek_s:
+                continue  # sought there a moment ago: these were fetched before it
+            log.warning(
+                "%s[%d]: record %d arrived while %d was next; holding back %d records and "
+                "rewinding to %d so they are processed in order",
+                tp.topic, tp.partition, min(held), offset, len(held), offset,
+            )  # fmt: skip
+            await consumer.seek(tp, offset)
+            self._sought[tp] = (offset, now)
+            self.rewinds += 1
+        return [e for e, k in zip(events, keep, strict=True) if k]
+
+    async def retry(self) -> list[Any]:
+        """Seek again where a rewind has not brought its record within ``reseek_s`` (a
+        timer calls this: the records fetched before a seek can push Faust's read
+        position past the rewound ones, which it then drops; with nothing more to
+        deliver, no batch would come to ask again)."""
+        app, now = self.app, self.clock()
+        again: list[Any] = []
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return again
+        for tp, (offset, at) in list(self._sought.items()):
+            if self.expected.get(tp, offset) > offset or tp not in app.consumer.assignment():
+                del self._sought[tp]  # it came (or the partition went elsewhere)
+            elif now - at >= self.reseek_s:
+                log.warning("%s[%d]: record %d still not delivered; seeking to it again",
+                            tp.topic, tp.partition, offset)  # fmt: skip
+                await app.consumer.seek(tp, offset)
+                self._sought[tp] = (offset, now)
+                again.append(tp)
+        return again

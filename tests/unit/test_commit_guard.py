@@ -156,3 +156,92 @@ def test_heal_goes_on_from_the_log_start_when_retention_deleted_the_head(
     assert "records 120..499" in caplog.text and "retention" in caplog.text
     assert state.seeks == []
     assert faust_method("_new_offset")(state, tp) == 502
+
+
+# --- in-order admission -----------------------------------------------------------------
+
+P0, P1 = TP(GUARDED, 0), TP(GUARDED, 1)
+
+
+def test_admit_processes_in_order_and_holds_back_what_came_too_early() -> None:
+    expected: dict[TP, int] = {}
+    committed = {P0: 3125, P1: 40}
+    # P0: 3242 arrives first (prefetched before the seek); P1 is in order
+    batch = [(P0, 3242), (P1, 40), (P0, 3243), (P1, 41)]
+    keep, rewind = commit_guard.admit(batch, expected, committed.get)
+    assert keep == [False, True, False, True]
+    assert rewind == {P0: 3125}
+    assert expected == {P1: 42}  # nothing of P0 was processed
+    # after the rewind P0 comes again from 3125, in order; a replay below is processed
+    keep, rewind = commit_guard.admit([(P0, 3125), (P0, 3126), (P1, 41)], expected, committed.get)
+    assert keep == [True, True, True] and rewind == {}
+    assert expected == {P0: 3127, P1: 42}
+
+
+def test_admit_a_single_missing_head_record_is_not_let_through() -> None:
+    # Faust's own check lets min(acked) == committed + 1 pass; here it is held back
+    expected: dict[TP, int] = {}
+    keep, rewind = commit_guard.admit([(P0, 41), (P0, 42)], expected, {P0: 40}.get)
+    assert keep == [False, False] and rewind == {P0: 40}
+
+
+def test_admit_without_a_start_takes_what_comes() -> None:
+    expected: dict[TP, int] = {}
+    keep, rewind = commit_guard.admit([(P0, 7), (P0, 9)], expected, lambda tp: None)
+    assert keep == [True, False] and rewind == {P0: 8}
+
+
+class FakeApp:
+    """A fake faust.App: the attributes InOrder reads, and a fake consumer."""
+
+    def __init__(self, consumer: FakeConsumerState) -> None:
+        self.consumer = consumer
+        self.rebalancing = False
+        self.consumer_generation_id = 1
+        done = asyncio.Event()
+        done.set()
+        self.tables = type("Tables", (), {"recovery": type("R", (), {"completed": done})()})()
+
+
+class FakeEvent:
+    def __init__(self, tp: TP, offset: int) -> None:
+        self.message = type("M", (), {"tp": tp, "offset": offset})()
+
+
+def test_in_order_holds_back_rewinds_and_starts_again_on_a_new_assignment(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    consumer = FakeConsumerState(earliest=0)
+    consumer._committed_offset[P0] = 3125
+    app = FakeApp(consumer)
+    guard = commit_guard.InOrder(app)
+
+    async def run(*offsets: int) -> list[int]:
+        kept = await guard.admit([FakeEvent(P0, o) for o in offsets])
+        return [e.message.offset for e in kept]
+
+    with caplog.at_level(logging.WARNING, logger="nodemeter.commits"):
+        assert asyncio.run(run(3242, 3243)) == []
+    assert consumer.seeks == [(P0, 3125)] and guard.rewinds == 1
+    assert "record 3242 arrived while 3125 was next" in caplog.text
+    # more records fetched before the rewind: held back, no second seek within a second
+    assert asyncio.run(run(3244, 3245)) == []
+    assert consumer.seeks == [(P0, 3125)] and guard.held_back == 4
+    # nothing more arrives (Faust dropped the re-fetched records): the timer seeks again
+    guard.clock = lambda: 10**6
+    consumer.assignment = lambda: {P0}  # type: ignore[attr-defined]
+    assert asyncio.run(guard.retry()) == [P0]
+    assert consumer.seeks == [(P0, 3125), (P0, 3125)]
+    assert asyncio.run(run(3125, 3126, 3127)) == [3125, 3126, 3127]
+    assert asyncio.run(guard.retry()) == [] and guard._sought == {}  # it came
+    # during a rebalance records pass unchecked; a new generation starts from its commits
+    app.rebalancing = True
+    assert asyncio.run(run(9000)) == [9000]
+    app.rebalancing, app.consumer_generation_id = False, 2
+    consumer._committed_offset[P0] = 3127
+    assert asyncio.run(run(3127, 3128)) == [3127, 3128]
+    # never committed: the log start is where the partition begins
+    fresh = TP(GUARDED, 5)
+    consumer.earliest = 10
+    kept = asyncio.run(guard.admit([FakeEvent(fresh, 12)]))
+    assert kept == [] and consumer.seeks[-1] == (fresh, 10)

@@ -29,6 +29,7 @@ from nodemeter.codec import encode_payload
 from nodemeter.events import UsageEvent
 from nodemeter_stream.agents.tables import ChangelogMap
 from nodemeter_stream.app import Worker
+from nodemeter_stream.commit_guard import InOrder
 from nodemeter_stream.core.batch import (
     BatchPlan,
     content_token,
@@ -335,11 +336,22 @@ def register(worker: Worker) -> Ingest:
         with contextlib.suppress(SinkStopped):
             await worker.sink.start()
 
+    order = InOrder(app)
+    worker.extras["ingest_order"] = order
+
+    @app.timer(1.0)
+    async def ingest_order_retry() -> None:
+        await order.retry()
+
     @app.agent(ingest.source, concurrency=1, name="ingest_usage")
     async def ingest_usage(stream: Any) -> None:
-        async for events in stream.noack_take(policy.max_size, within=policy.max_wait_s):
+        async for batch in stream.noack_take(policy.max_size, within=policy.max_wait_s):
             if ingest.draining:
                 return  # stopping: leave these unacknowledged for the next worker
+            # records delivered ahead of their turn are held back (never acknowledged)
+            events = await order.admit(list(batch))
+            if not events:
+                continue
             ingest.idle.clear()
             try:
                 # Shielded: a cancellation does not interrupt a ClickHouse write half-way.

@@ -39,6 +39,7 @@ from prometheus_client import Counter
 from nodemeter.codec import encode_payload
 from nodemeter_stream.agents.tables import ChangelogMap
 from nodemeter_stream.app import Worker
+from nodemeter_stream.commit_guard import InOrder
 from nodemeter_stream.core.batch import offsets_token
 from nodemeter_stream.core.rows import DEAD_LETTER_COLUMNS, dead_letter_row
 from nodemeter_stream.core.validate import DeadLetter, Source
@@ -242,9 +243,21 @@ def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
     app, policy = worker.app, worker.config.batch_policy
     worker.extras["pricing"] = pricing
 
+    order = InOrder(app)
+    worker.extras["pricing_order"] = order
+
+    @app.timer(1.0)
+    async def pricing_order_retry() -> None:
+        await order.retry()
+
     @app.agent(pricing.source, concurrency=1, name="price_usage")
     async def price_usage(stream: Any) -> None:
-        async for events in stream.noack_take(policy.max_size, within=policy.max_wait_s):
+        async for batch in stream.noack_take(policy.max_size, within=policy.max_wait_s):
+            # in offset order only: a record delivered ahead of its turn is held back and
+            # read again after the ones before it (the applied-offset watermark needs it)
+            events = await order.admit(list(batch))
+            if not events:
+                continue
             # Shielded: a SIGTERM lets the batch in flight finish and be acknowledged.
             await asyncio.shield(pricing.process(events))
             await ack_all(stream, events)
