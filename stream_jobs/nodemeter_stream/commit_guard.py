@@ -220,8 +220,12 @@ class InOrder:
     # one seek per partition and target a second: the records fetched before a rewind
     # keep arriving for a while and are held back without a new seek each time
     reseek_s: float = 1.0
+    # a partition with records behind its commit and none delivered for this long is
+    # sought to its committed offset (a stalled fetch; harmless if it was not)
+    stall_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
     _sought: dict[Any, tuple[int, float]] = field(default_factory=dict)
+    _seen_at: dict[Any, float] = field(default_factory=dict)
 
     async def admit(self, events: list[Any]) -> list[Any]:
         app = self.app
@@ -232,17 +236,16 @@ class InOrder:
             self.expected.clear()
         consumer = app.consumer
         starts: dict[Any, int | None] = {}
+        now = self.clock()
         for e in events:
             tp = e.message.tp
+            self._seen_at[tp] = now
             if tp not in self.expected and tp not in starts:
-                start = consumer._committed_offset[tp]
-                if start is None:  # never committed: the group starts at the log start
-                    start = (await consumer.earliest_offsets(tp)).get(tp)
-                starts[tp] = start
+                # None (nothing committed yet): the first record delivered is the start
+                starts[tp] = consumer._committed_offset[tp]
         keep, rewind = admit(
             ((e.message.tp, e.message.offset) for e in events), self.expected, starts.get
         )
-        now = self.clock()
         for tp, offset in rewind.items():
             held = [e.message.offset for e, k in zip(events, keep, strict=True)
                     if not k and e.message.tp == tp]  # fmt: skip
@@ -277,5 +280,22 @@ class InOrder:
                             tp.topic, tp.partition, offset)  # fmt: skip
                 await app.consumer.seek(tp, offset)
                 self._sought[tp] = (offset, now)
+                again.append(tp)
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            if not guarded(tp.topic) or tp in again:
+                continue
+            committed, high = consumer._committed_offset[tp], consumer.highwater(tp)
+            seen = self._seen_at.setdefault(tp, now)
+            if committed is None or high is None or high <= committed:
+                self._seen_at[tp] = now
+            elif now - seen >= self.stall_s:
+                log.warning(
+                    "%s[%d]: %d records behind the commit and none delivered for %.0f s; "
+                    "seeking to the committed offset %d",
+                    tp.topic, tp.partition, high - committed, now - seen, committed,
+                )  # fmt: skip
+                await consumer.seek(tp, committed)
+                self._seen_at[tp] = now
                 again.append(tp)
         return again

@@ -45,6 +45,9 @@ class FakeConsumerState:
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
 
+    def highwater(self, tp: TP) -> int | None:
+        return None
+
 
 @pytest.fixture(autouse=True)
 def guarded_topic() -> None:
@@ -234,14 +237,23 @@ def test_in_order_holds_back_rewinds_and_starts_again_on_a_new_assignment(
     assert consumer.seeks == [(P0, 3125), (P0, 3125)]
     assert asyncio.run(run(3125, 3126, 3127)) == [3125, 3126, 3127]
     assert asyncio.run(guard.retry()) == [] and guard._sought == {}  # it came
+    # a stalled fetch: records behind the commit, none delivered for stall_s
+    consumer._committed_offset[P0] = 3128
+    consumer.highwater = lambda tp: 3140  # type: ignore[attr-defined]
+    guard.clock = lambda: 10**6 + 10
+    assert asyncio.run(guard.retry()) == []  # delivered 10 s ago
+    guard.clock = lambda: 10**6 + guard.stall_s + 1
+    assert asyncio.run(guard.retry()) == [P0] and consumer.seeks[-1] == (P0, 3128)
+    consumer.highwater = lambda tp: 3128  # type: ignore[attr-defined]
+    guard.clock = lambda: 10**7
+    assert asyncio.run(guard.retry()) == []  # caught up: nothing to do
     # during a rebalance records pass unchecked; a new generation starts from its commits
     app.rebalancing = True
     assert asyncio.run(run(9000)) == [9000]
     app.rebalancing, app.consumer_generation_id = False, 2
     consumer._committed_offset[P0] = 3127
     assert asyncio.run(run(3127, 3128)) == [3127, 3128]
-    # never committed: the log start is where the partition begins
+    # never committed: the first record delivered is the start
     fresh = TP(GUARDED, 5)
-    consumer.earliest = 10
-    kept = asyncio.run(guard.admit([FakeEvent(fresh, 12)]))
-    assert kept == [] and consumer.seeks[-1] == (fresh, 10)
+    kept = asyncio.run(guard.admit([FakeEvent(fresh, 12), FakeEvent(fresh, 13)]))
+    assert [e.message.offset for e in kept] == [12, 13] and guard.expected[fresh] == 14
