@@ -114,6 +114,15 @@ def install() -> None:
     _installed = True
 
 
+async def seek(consumer: Any, tp: Any, offset: int) -> None:
+    """Seek on the consumer's own thread and move Faust's read position with it.
+
+    ``Consumer.seek`` calls aiokafka from the event loop's thread while the consumer
+    thread may be inside ``fetched_records`` (a KeyError crash seen in a test run);
+    ``seek_wait`` runs it on the consumer thread and sets the read offset too."""
+    await consumer.seek_wait({tp: offset})
+
+
 async def heal(
     consumer: Any, stuck: Stuck, *, clock: Callable[[], float] = time.monotonic
 ) -> list[Any]:
@@ -145,7 +154,7 @@ async def heal(
             tp.partition,
             committed,
         )
-        await consumer.seek(tp, committed)
+        await seek(consumer, tp, committed)
         rewound.append(tp)
     return rewound
 
@@ -158,7 +167,10 @@ async def skip_ahead(consumer: Any, n: int) -> dict[Any, int]:
     for tp in sorted(consumer.assignment()):
         if guarded(tp.topic):
             moved[tp] = await consumer.position(tp) + n
-            await consumer._seek(tp, moved[tp])
+            # on the consumer's own thread (aiokafka is not thread-safe), without telling
+            # Faust's read bookkeeping
+            aio = consumer._thread._ensure_consumer()
+            await consumer._thread.call_thread(aio.seek, tp, moved[tp])
     log.warning("fault injection: skipped %d records ahead on %s", n, moved)
     return moved
 
@@ -258,7 +270,7 @@ class InOrder:
                 "rewinding to %d so they are processed in order",
                 tp.topic, tp.partition, min(held), offset, len(held), offset,
             )  # fmt: skip
-            await consumer.seek(tp, offset)
+            await seek(consumer, tp, offset)
             self._sought[tp] = (offset, now)
             self.rewinds += 1
         return [e for e, k in zip(events, keep, strict=True) if k]
@@ -278,7 +290,7 @@ class InOrder:
             elif now - at >= self.reseek_s:
                 log.warning("%s[%d]: record %d still not delivered; seeking to it again",
                             tp.topic, tp.partition, offset)  # fmt: skip
-                await app.consumer.seek(tp, offset)
+                await seek(app.consumer, tp, offset)
                 self._sought[tp] = (offset, now)
                 again.append(tp)
         consumer = app.consumer
@@ -295,7 +307,7 @@ class InOrder:
                     "seeking to the committed offset %d",
                     tp.topic, tp.partition, high - committed, now - seen, committed,
                 )  # fmt: skip
-                await consumer.seek(tp, committed)
+                await seek(consumer, tp, committed)
                 self._seen_at[tp] = now
                 again.append(tp)
         return again

@@ -42,8 +42,8 @@ class FakeConsumerState:
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.earliest for tp in tps}
 
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
+    async def seek_wait(self, positions: dict[TP, int]) -> None:
+        self.seeks.extend(positions.items())
 
     def highwater(self, tp: TP) -> int | None:
         return None
