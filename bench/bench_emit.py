@@ -9,8 +9,9 @@ is pinned to one CPU core (librdkafka's threads included) so the figures are
 
 - raw: ``produce()`` of the very same encoded bytes and keys, same producer
   settings (idempotent, acks=all, lz4, linger 5 ms), without and with a
-  per-message delivery callback (the SDK needs one to spool failures);
-- sdk emit: ``Meter.emit(UsageEvent)``: validation + encoding + produce + callback,
+  per-message delivery callback called for every delivery;
+- sdk emit: ``Meter.emit(UsageEvent)``: validation + encoding + produce, the
+  callback called for failed deliveries only (the default, ``report_successes=False``),
   with the compiled encoder (``nodemeter_native``, when installed) and with the
   pure-Python path forced (``Meter(native=False)``), each against raw;
 - sdk span: ``with meter.node(...) as s: s.record(...)`` inside a request,
@@ -131,7 +132,8 @@ def run(bootstrap: str, n: int, spans: int, rounds: int) -> None:
     )
 
     # warm up connections and metadata for every path
-    raw = Producer(config.producer_conf())
+    # raw: every delivery reported (what "raw + delivery callback" measures)
+    raw = Producer(MeterConfig(bootstrap_servers=bootstrap, report_successes=True).producer_conf())
     raw.produce(topic, encoded[0][0], encoded[0][1])
     raw.flush(30)
 

@@ -9,10 +9,14 @@
 Delivery path: ``emit`` validates at the call site (typed ``InvalidUsageError``),
 encodes, and hands the bytes to an idempotent confluent-kafka producer (acks=all,
 key = tenant/request_id so a request's records share a partition and keep their
-order). A background thread serves delivery callbacks; a record whose delivery
-failed for good, or that the local queue could not take, is written to the
-on-disk spool with its exact bytes and replayed later (same bytes, same event
-id). A fatal producer error (idempotence state lost) rebuilds the producer.
+order). A background thread serves delivery reports; by default only failed
+deliveries call back into Python (``delivery.report.only.error``; successes cost
+no Python code). A record whose delivery failed for good, or that the local
+queue could not take, is written to the on-disk spool with its exact bytes and
+replayed later (same bytes, same event id) through a second producer that
+reports every delivery, so a spool segment is deleted only once each of its
+records was acknowledged. A fatal producer error (idempotence state lost)
+rebuilds the producers.
 Nothing from the background ever raises into the caller's thread; the counters
 in ``Meter.stats`` and the ``nodemeter`` logger say what happened.
 """
@@ -53,6 +57,9 @@ COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 # Settings that make delivery exactly-once per partition; a caller may not turn them off.
 _PINNED = {"enable.idempotence": True, "acks": "all"}
 _SECRET_HINTS = ("password", "secret", "token", "key")
+# librdkafka setting (served by confluent-kafka's own callback trampoline): call the
+# Python delivery callback for failed deliveries only. Owned by report_successes.
+_ONLY_ERROR = "delivery.report.only.error"
 
 
 def _tenants_from_env() -> frozenset[str] | None:
@@ -62,6 +69,10 @@ def _tenants_from_env() -> frozenset[str] | None:
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +102,10 @@ class MeterConfig:
     producer_name: str = PRODUCER_NAME
     otel: bool | None = None  # None: use OpenTelemetry when it is importable
     producer_config: Mapping[str, Any] = field(default_factory=dict)
+    # False (default): the main producer calls back into Python for failed deliveries
+    # only; stats.delivered is then derived (see MeterStats). True: a callback per
+    # record, as before (slower). Replay always reports every delivery.
+    report_successes: bool = field(default_factory=lambda: _env_flag("NODEMETER_REPORT_SUCCESSES"))
     # Known tenants: usage for any other tenant is refused at the call site
     # (InvalidUsageError "unknown_tenant"). None: any valid tenant id.
     tenants: frozenset[str] | None = field(default_factory=lambda: _tenants_from_env())
@@ -119,11 +134,17 @@ class MeterConfig:
             ("http://", "https://")
         ):
             raise ConfigError("registry_url must be an http(s):// URL")
+        if not isinstance(self.report_successes, bool):
+            raise ConfigError("report_successes must be a bool")
         for k in self.producer_config:
+            if k == _ONLY_ERROR:
+                raise ConfigError(f"{k} is set by report_successes, not producer_config")
             if k in _PINNED and self.producer_config[k] != _PINNED[k]:
                 raise ConfigError(f"{k} is pinned to {_PINNED[k]!r}: delivery guarantees need it")
 
-    def producer_conf(self) -> dict[str, Any]:
+    def producer_conf(self, *, replay: bool = False) -> dict[str, Any]:
+        """librdkafka settings; ``replay``: the spool replay's producer, which reports
+        every delivery (its segments are deleted on acknowledgement)."""
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
@@ -135,6 +156,7 @@ class MeterConfig:
         }
         conf.update(self.producer_config)
         conf.update(_PINNED)
+        conf[_ONLY_ERROR] = not (self.report_successes or replay)
         return conf
 
     def __repr__(self) -> str:
@@ -158,6 +180,7 @@ class ProducerLike(Protocol):
     def flush(self, timeout: float) -> int: ...
     def purge(self, in_queue: bool = ..., in_flight: bool = ..., blocking: bool = ...) -> None: ...
     def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+    def __len__(self) -> int: ...
 
 
 ProducerFactory = Callable[[dict[str, Any]], ProducerLike]
@@ -171,18 +194,40 @@ def confluent_producer(conf: dict[str, Any]) -> ProducerLike:
 
 @dataclass
 class MeterStats:
-    """Counters; ``lost`` must stay 0 (a record neither delivered nor spooled)."""
+    """Counters; ``lost`` must stay 0 (a record neither delivered nor spooled).
+
+    ``delivered``: records the main producer had acknowledged. With success reports
+    (``report_successes=True``) each one is counted by its callback. Without them
+    (the default) it is derived when read: ``produced - failed - in flight``, in
+    flight being what the producer still holds (queued, unacknowledged or with a
+    report not yet served: ``len(producer)``). Exact once ``flush()`` returned 0;
+    while records are in flight the three numbers are read a moment apart, so it
+    can be off by the few that moved in between. Replayed records count in
+    ``replayed``, not here.
+    """
 
     produced: int = 0
-    delivered: int = 0
+    acked: int = 0  # delivery reports of successes (report_successes=True only)
     failed: int = 0
     spooled: int = 0
     replayed: int = 0
     rebuilt: int = 0
     lost: int = 0
+    # None: successes are reported (use ``acked``); else returns the records in flight.
+    in_flight: Callable[[], int] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def delivered(self) -> int:
+        if self.in_flight is None:
+            return self.acked
+        return max(0, self.produced - self.failed - self.in_flight())
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {"produced": self.produced, "delivered": self.delivered}
+        for f in fields(self):
+            if f.name not in ("produced", "acked", "in_flight"):
+                out[f.name] = getattr(self, f.name)
+        return out
 
 
 class _SegmentReplay:
@@ -225,6 +270,8 @@ class Meter:
         self.config = config if config is not None else MeterConfig()
         self.clock = clock
         self.stats = MeterStats()
+        if not self.config.report_successes:
+            self.stats.in_flight = self._in_flight
         self._factory = producer_factory or confluent_producer
         self._encode = encoder or self._default_encoder()
         self._validate_encode, self._encode_with_key = self._emit_codecs(encoder, native)
@@ -240,6 +287,8 @@ class Meter:
         self._plock = threading.Lock()
         self._slock = threading.Lock()  # guards stats updated from several threads
         self._producer = self._new_producer()
+        # The spool replay's own producer (every delivery reported), made on first use.
+        self._replayer: ProducerLike | None = None
         self._rebuild = threading.Event()
         self._stop = threading.Event()
         self._closed = False
@@ -335,8 +384,13 @@ class Meter:
         return NodeScope(node_id, **kwargs)
 
     def flush(self, timeout: float = 10.0) -> int:
-        """Wait for outstanding deliveries; returns how many are still in flight."""
+        """Wait for outstanding deliveries (replayed ones too); returns how many are still
+        in flight."""
+        deadline = time.monotonic() + timeout
         remaining = int(self._producer.flush(timeout))
+        replayer = self._replayer
+        if replayer is not None:
+            remaining += int(replayer.flush(max(0.0, deadline - time.monotonic())))
         self._spool.sync()
         return remaining
 
@@ -348,7 +402,12 @@ class Meter:
         if check_broker and not self.broker_reachable():
             return 0
         sent = 0
-        for path in self._spool.claim():
+        claimed = self._spool.claim()
+        if claimed and self._replayer is None:
+            replayer = self._new_producer(replay=True)
+            with self._plock:
+                self._replayer = replayer
+        for path in claimed:
             seg = _SegmentReplay(path)
             for rec in read_segment(path):
                 with seg.lock:
@@ -381,22 +440,27 @@ class Meter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        for producer in (self._producer, self._replayer):
+            if producer is not None:
+                self._close_producer(producer, timeout)
+        self._spool.close()
+        _LIVE.discard(self)
+
+    def _close_producer(self, producer: ProducerLike, timeout: float) -> None:
         try:
-            remaining = self._producer.flush(timeout)
+            remaining = producer.flush(timeout)
             if remaining:
                 # Purged messages come back through the delivery callback with an
                 # error and are spooled; in-flight ones may still land too, which
                 # the pipeline's event_id dedupe absorbs.
-                self._producer.purge(in_queue=True, in_flight=True, blocking=True)
-                self._producer.flush(1.0)
+                producer.purge(in_queue=True, in_flight=True, blocking=True)
+                producer.flush(1.0)
             # release librdkafka's connections now, not whenever the object is collected
-            release = getattr(self._producer, "close", None)
+            release = getattr(producer, "close", None)
             if callable(release):
                 release()
         except Exception as exc:
             log.error("nodemeter: error while closing the producer: %s", exc)
-        self._spool.close()
-        _LIVE.discard(self)
 
     def __enter__(self) -> Meter:
         return self
@@ -470,8 +534,14 @@ class Meter:
             return False
         return True
 
-    def _new_producer(self) -> ProducerLike:
-        conf = self.config.producer_conf()
+    def _in_flight(self) -> int:
+        try:
+            return len(self._producer)
+        except Exception:  # a closed producer: close() flushed or purged everything
+            return 0
+
+    def _new_producer(self, *, replay: bool = False) -> ProducerLike:
+        conf = self.config.producer_conf(replay=replay)
         if self._factory is confluent_producer:
             conf["error_cb"] = self._on_error
         try:
@@ -482,12 +552,18 @@ class Meter:
     def _produce_blocking(self, topic: str, key: bytes | None, value: bytes, cb: Any) -> None:
         """Produce from the replay path, waiting for queue space instead of spooling again."""
         while True:
+            replayer = self._replayer
+            if replayer is None:  # a rebuild dropped it meanwhile: spool the record again
+                cb(_LocalError("replay producer rebuilt"), _LocalMessage(topic, key, value))
+                return
             try:
                 with self._plock:
-                    self._producer.produce(topic, value, key, on_delivery=cb)
+                    if replayer is not self._replayer:
+                        continue
+                    replayer.produce(topic, value, key, on_delivery=cb)
                 return
             except BufferError:
-                self._producer.poll(0.1)
+                replayer.poll(0.1)
             except Exception as exc:
                 self._rebuild.set()
                 cb(_LocalError(str(exc)), _LocalMessage(topic, key, value))
@@ -496,8 +572,8 @@ class Meter:
     def _on_delivery(self, err: Any, msg: Any) -> None:
         # Runs inside poll()/flush(); must never raise.
         try:
-            if err is None:
-                self.stats.delivered += 1
+            if err is None:  # only with report_successes=True
+                self.stats.acked += 1
                 return
             with self._slock:
                 self.stats.failed += 1
@@ -557,20 +633,29 @@ class Meter:
         new = self._new_producer()
         with self._plock:
             old, self._producer = self._producer, new
+            # the replay producer is remade on the next replay (the fatal error may be its own)
+            old_replayer, self._replayer = self._replayer, None
         with self._slock:
             self.stats.rebuilt += 1
-        try:
-            # Unsent records of the dead producer come back through the callback and are spooled.
-            old.purge(in_queue=True, in_flight=True, blocking=True)
-            old.flush(2.0)
-        except Exception as exc:
-            log.error("nodemeter: could not drain the old producer: %s", exc)
+        for dead in (old, old_replayer):
+            if dead is None:
+                continue
+            try:
+                # Unsent records of a dead producer come back through their callbacks and
+                # are spooled (replayed ones again, before their segment is deleted).
+                dead.purge(in_queue=True, in_flight=True, blocking=True)
+                dead.flush(2.0)
+            except Exception as exc:
+                log.error("nodemeter: could not drain the old producer: %s", exc)
 
     def _service(self) -> None:
         next_replay = time.monotonic() + 0.5  # pick up what an earlier run left soon after start
         while not self._stop.is_set():
             try:
                 self._producer.poll(0.05)
+                replayer = self._replayer
+                if replayer is not None:
+                    replayer.poll(0)
                 if self._rebuild.is_set():
                     self._rebuild_producer()
                 if time.monotonic() >= next_replay:

@@ -32,6 +32,9 @@ class FakeProducer:
 
     mode: "ok" (deliver), "fail" (delivery error), "fatal" (fatal error),
     "buffer" (produce raises BufferError), "down" (list_topics raises).
+    Honours ``delivery.report.only.error`` as confluent-kafka does: with it, a
+    successful delivery calls no callback (it is still recorded in ``delivered``).
+    ``len()`` is what is still in flight (queued, report not yet served).
     """
 
     instances: list[FakeProducer] = []
@@ -39,6 +42,8 @@ class FakeProducer:
     def __init__(self, conf: dict[str, Any], mode: str = "ok") -> None:
         self.conf = conf
         self.mode = mode
+        self.only_error = bool(conf.get("delivery.report.only.error", False))
+        self.callbacks = 0  # delivery callbacks called
         self.queue: list[tuple[FakeMessage, Callable[..., None]]] = []
         self.delivered: list[FakeMessage] = []
         FakeProducer.instances.append(self)
@@ -54,8 +59,11 @@ class FakeProducer:
             msg, cb = self.queue.pop(0)
             if self.mode in ("ok", "down"):
                 self.delivered.append(msg)
-                cb(None, msg)
+                if not self.only_error:
+                    self.callbacks += 1
+                    cb(None, msg)
             else:
+                self.callbacks += 1
                 cb(FakeKafkaError(fatal=self.mode == "fatal"), msg)
             served += 1
         return served
@@ -67,10 +75,14 @@ class FakeProducer:
         self._serve()
         return 0
 
+    def __len__(self) -> int:
+        return len(self.queue)
+
     def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
-        for msg, cb in self.queue:
+        queue, self.queue = self.queue, []
+        for msg, cb in queue:
+            self.callbacks += 1
             cb(FakeKafkaError("Local: Purged in queue"), msg)
-        self.queue.clear()
 
     def list_topics(self, topic: str | None = None, timeout: float = 1.0) -> Any:
         if self.mode == "down":
@@ -88,10 +100,12 @@ class FakeClock:
 
 
 def fake_meter(tmp_path: Path, mode: str = "ok", **config: Any) -> tuple[Meter, list[FakeProducer]]:
+    """A meter on fake producers; a producer made later (rebuild, the spool replay's
+    producer) starts in the mode of the newest one, i.e. the fake broker's state."""
     made: list[FakeProducer] = []
 
     def factory(conf: dict[str, Any]) -> FakeProducer:
-        p = FakeProducer(conf, mode)
+        p = FakeProducer(conf, made[-1].mode if made else mode)
         made.append(p)
         return p
 
@@ -100,6 +114,12 @@ def fake_meter(tmp_path: Path, mode: str = "ok", **config: Any) -> tuple[Meter, 
     )
     meter = Meter(cfg, producer_factory=factory, clock=FakeClock(), background=False)  # type: ignore[arg-type]
     return meter, made
+
+
+def set_mode(producers: list[FakeProducer], mode: str) -> None:
+    """Switch every fake producer made so far (the main one and the replay one)."""
+    for p in producers:
+        p.mode = mode
 
 
 def delivered_records(producers: list[FakeProducer]) -> list[Record]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
-from test_sdk_fakes import FakeClock, delivered_records, fake_meter
+from test_sdk_fakes import FakeClock, delivered_records, fake_meter, set_mode
 
 from nodemeter.codec import decode_record, encode_record
 from nodemeter.errors import ConfigError, InvalidUsageError, OversizeEventError
@@ -39,6 +40,8 @@ def event(i: int, **kw: object) -> UsageEvent:
         {"registry_url": "ftp://x"},
         {"producer_config": {"enable.idempotence": False}},
         {"producer_config": {"acks": "1"}},
+        {"producer_config": {"delivery.report.only.error": False}},
+        {"report_successes": "yes"},
     ],
 )
 def test_config_is_validated_when_built(kwargs: dict) -> None:
@@ -106,7 +109,7 @@ def test_replay_that_fails_again_keeps_the_record(tmp_path: Path) -> None:
     assert meter.replay() == 1
     meter.flush()  # fails again -> re-spooled before the old segment is deleted
     assert meter.spooled_records() == 1
-    producers[0].mode = "ok"
+    set_mode(producers, "ok")  # the main producer and the replay one
     meter.replay()
     meter.flush()
     assert delivered_records(producers) == [event(1)] and meter.spooled_records() == 0
@@ -175,3 +178,120 @@ def test_close_spools_what_is_left_and_emit_after_close_is_spooled(tmp_path: Pat
     meter.close()
     meter.emit(event(2))
     assert meter.stats.spooled == 2 and meter.spooled_records() == 2
+
+
+def test_successes_call_no_python_callback_by_default(tmp_path: Path) -> None:
+    meter, producers = fake_meter(tmp_path)
+    assert producers[0].conf["delivery.report.only.error"] is True
+    for i in range(5):
+        meter.emit(event(i))
+    assert meter.stats.delivered == 0  # all five still in flight
+    assert meter.flush() == 0
+    assert producers[0].callbacks == 0 and len(producers[0].delivered) == 5
+    assert meter.stats.delivered == 5  # produced - failed - in flight
+    assert meter.stats.as_dict() == {
+        "produced": 5,
+        "delivered": 5,
+        "failed": 0,
+        "spooled": 0,
+        "replayed": 0,
+        "rebuilt": 0,
+        "lost": 0,
+    }
+
+
+def test_failures_still_reach_the_callback_and_are_not_counted_delivered(tmp_path: Path) -> None:
+    meter, producers = fake_meter(tmp_path)
+    meter.emit(event(1))
+    meter.flush()
+    producers[0].mode = "fail"
+    meter.emit(event(2))
+    meter.emit(event(3))
+    meter.flush()
+    assert producers[0].callbacks == 2  # the failures only
+    assert meter.stats.failed == 2 and meter.stats.spooled == 2 and meter.stats.delivered == 1
+    assert [rec.value for p in meter._spool.pending_segments() for rec in read_segment(p)] == [
+        encode_record(event(2)),
+        encode_record(event(3)),
+    ]
+
+
+def test_report_successes_keeps_a_callback_per_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NODEMETER_REPORT_SUCCESSES", "1")
+    assert MeterConfig().report_successes is True
+    meter, producers = fake_meter(tmp_path, report_successes=True)
+    assert producers[0].conf["delivery.report.only.error"] is False
+    for i in range(3):
+        meter.emit(event(i))
+    meter.flush()
+    assert producers[0].callbacks == 3 and meter.stats.delivered == 3
+
+
+def test_replay_deletes_a_segment_only_once_its_own_producer_acked_every_record(
+    tmp_path: Path,
+) -> None:
+    meter, producers = fake_meter(tmp_path, mode="fail")
+    for i in range(3):
+        meter.emit(event(i))
+    meter.flush()
+    producers[0].mode = "ok"
+    assert meter.replay() == 3
+    main, replayer = producers
+    # the main producer reports failures only; the replay one reports every delivery
+    assert main.only_error and not replayer.only_error
+    assert len(replayer) == 3 and main.queue == []
+    (seg,) = meter._spool.pending_segments()
+    assert seg.name.endswith(f"replaying-{os.getpid()}")
+    msg, cb = replayer.queue.pop(0)
+    replayer.delivered.append(msg)
+    cb(None, msg)  # one of three acknowledged: the segment stays
+    assert seg.exists() and meter.stats.replayed == 1
+    meter.flush()  # the other two
+    assert not seg.exists() and meter.stats.replayed == 3 and meter.spooled_records() == 0
+    assert [r.span_id for r in delivered_records([replayer])] == ["s0", "s1", "s2"]
+
+
+def test_replay_failing_on_its_producer_spools_again_before_deleting(tmp_path: Path) -> None:
+    meter, producers = fake_meter(tmp_path, mode="fail")
+    meter.emit(event(1))
+    meter.emit(event(2))
+    meter.flush()
+    producers[0].mode = "ok"
+    (old,) = meter._spool.pending_segments()
+    meter.replay()
+    producers[1].mode = "fail"  # the broker goes away during the replay
+    meter.flush()
+    assert not old.exists() and meter.spooled_records() == 2 and meter.stats.lost == 0
+    set_mode(producers, "ok")
+    meter.replay()
+    meter.flush()
+    assert delivered_records(producers) == [event(1), event(2)]
+    assert meter.spooled_records() == 0
+
+
+def test_rebuild_with_replayed_records_in_flight_spools_them_again(tmp_path: Path) -> None:
+    meter, producers = fake_meter(tmp_path, mode="fail")
+    meter.emit(event(1))
+    meter.flush()
+    producers[0].mode = "ok"
+    meter.replay()
+    assert len(producers[1]) == 1
+    meter._rebuild_producer()  # purges both: the replayed record comes back and is spooled
+    assert meter._replayer is None and meter.spooled_records() == 1
+    meter.replay()  # a new replay producer
+    meter.flush()
+    assert len(producers) == 4 and delivered_records(producers) == [event(1)]
+    assert meter.spooled_records() == 0 and meter.stats.lost == 0
+
+
+def test_close_settles_replayed_records(tmp_path: Path) -> None:
+    meter, producers = fake_meter(tmp_path, mode="fail")
+    meter.emit(event(1))
+    meter.flush()
+    producers[0].mode = "ok"
+    meter.replay()
+    meter.close()
+    assert delivered_records(producers) == [event(1)]
+    assert list((tmp_path / "spool").iterdir()) == []
