@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nodemeter.errors import ConfigError
+from nodemeter_stream.commit_guard import guard_topics
 from nodemeter_stream.core.batch import BatchPolicy
 from nodemeter_stream.core.dedupe import DEFAULT_TTL_S
 from nodemeter_stream.store import ClickHouseConfig
@@ -209,22 +210,6 @@ def build_app(config: WorkerConfig, *, sink: Any = None, metrics: Any = None) ->
 
     for name in config.agent_modules:
         importlib.import_module(name).register(worker)
-    guard_commits(worker)
+    # commits on our source topics never pass an unprocessed record (see commit_guard)
+    guard_topics(config.topics.usage, config.topics.usage_by_tenant)
     return worker
-
-
-def guard_commits(worker: Worker) -> None:
-    """Commits on our source topics never pass an unprocessed record (see commit_guard)."""
-    from nodemeter_stream.commit_guard import Stuck, guard_topics, heal
-
-    topics = worker.config.topics
-    guard_topics(topics.usage, topics.usage_by_tenant)
-    app, stuck = worker.app, Stuck(grace_s=max(2.0, 2 * worker.config.commit_interval_s))
-
-    @app.timer(1.0)
-    async def commit_guard() -> None:
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
-            return  # positions are being set by the rebalance itself
-        await heal(app.consumer, stuck)
-
-    worker.extras["commit_guard"] = commit_guard

@@ -18,14 +18,15 @@ named with :func:`guard_topics`:
 * ``_add_gap`` logs the jump and counts nothing as acknowledged;
 * ``_new_offset`` commits nothing while the committed record itself is unacknowledged
   (safety: a commit never passes an unprocessed record);
-* :func:`heal` (a timer) rewinds a partition whose head stayed unacknowledged while later
-  records were acknowledged, to the committed offset: the skipped records are delivered
-  again (and every record after them, which the dedupe table drops) (liveness). If the
-  log start moved past the committed offset (retention deleted records before they were
-  read), it says so loudly and goes on from the log start.
+* each agent processes its partitions strictly in offset order (:class:`InOrder`): a
+  record ahead of its turn is held back and the partition rewound to the record that is
+  due; a timer seeks again where a rewind brought nothing, and where records are behind
+  the commit but none arrive (liveness). If the log start moved past the record that is
+  due (retention deleted records before they were read), it says so loudly and goes on
+  from the log start.
 
 Other topics (tables' changelogs) keep Faust's behaviour. The pure decisions are
-:func:`head_missing` and :class:`Stuck`; the rest is wiring onto Faust's consumer.
+:func:`head_missing` and :func:`admit`; the rest is wiring onto Faust's consumer.
 """
 
 from __future__ import annotations
@@ -47,27 +48,6 @@ def head_missing(acked: Iterable[int], committed: int | None) -> bool:
     """Later records are acknowledged but the committed (next) record is not."""
     acked = list(acked)
     return committed is not None and bool(acked) and min(acked) > committed
-
-
-@dataclass
-class Stuck:
-    """Partitions whose head has been missing; a rewind is due after ``grace_s``."""
-
-    grace_s: float = 2.0
-    since: dict[Any, tuple[int, float]] = field(default_factory=dict)
-
-    def due(self, tp: Any, committed: int | None, missing: bool, now: float) -> bool:
-        if not missing or committed is None:
-            self.since.pop(tp, None)
-            return False
-        first = self.since.get(tp)
-        if first is None or first[0] != committed:
-            self.since[tp] = (committed, now)
-            return False
-        if now - first[1] >= self.grace_s:
-            self.since[tp] = (committed, now)  # next rewind only after another grace
-            return True
-        return False
 
 
 def guard_topics(*topics: str) -> None:
@@ -121,42 +101,6 @@ async def seek(consumer: Any, tp: Any, offset: int) -> None:
     thread may be inside ``fetched_records`` (a KeyError crash seen in a test run);
     ``seek_wait`` runs it on the consumer thread and sets the read offset too."""
     await consumer.seek_wait({tp: offset})
-
-
-async def heal(
-    consumer: Any, stuck: Stuck, *, clock: Callable[[], float] = time.monotonic
-) -> list[Any]:
-    """Rewind guarded partitions whose head stayed unacknowledged; returns them."""
-    rewound = []
-    now = clock()
-    for tp in list(consumer._acked):
-        if not guarded(tp.topic):
-            continue
-        committed = consumer._committed_offset[tp]
-        if not stuck.due(tp, committed, head_missing(consumer._acked[tp], committed), now):
-            continue
-        earliest = (await consumer.earliest_offsets(tp)).get(tp)
-        if earliest is not None and earliest > committed:
-            log.error(
-                "records %d..%d of %s[%d] were deleted (retention) before this group read "
-                "them; going on from the log start %d",
-                committed,
-                earliest - 1,
-                tp.topic,
-                tp.partition,
-                earliest,
-            )
-            consumer._committed_offset[tp] = earliest
-            continue
-        log.warning(
-            "%s[%d]: record %d is unacknowledged while later ones are; rewinding to it",
-            tp.topic,
-            tp.partition,
-            committed,
-        )
-        await seek(consumer, tp, committed)
-        rewound.append(tp)
-    return rewound
 
 
 async def skip_ahead(consumer: Any, n: int) -> dict[Any, int]:
@@ -239,24 +183,27 @@ class InOrder:
     _sought: dict[Any, tuple[int, float]] = field(default_factory=dict)
     _seen_at: dict[Any, float] = field(default_factory=dict)
 
-    async def admit(self, events: list[Any]) -> list[Any]:
+    def settled(self) -> bool:
+        """No rebalance under way: positions are those of the current assignment."""
         app = self.app
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
+        return not app.rebalancing and bool(app.tables.recovery.completed.is_set())
+
+    async def admit(self, events: list[Any]) -> list[Any]:
+        if not self.settled():
             return events
+        app = self.app
         if app.consumer_generation_id != self.generation:
             self.generation = app.consumer_generation_id
             self.expected.clear()
-        consumer = app.consumer
-        starts: dict[Any, int | None] = {}
-        now = self.clock()
-        for e in events:
-            tp = e.message.tp
+        consumer, now = app.consumer, self.clock()
+        for tp in {e.message.tp for e in events}:
             self._seen_at[tp] = now
-            if tp not in self.expected and tp not in starts:
-                # None (nothing committed yet): the first record delivered is the start
-                starts[tp] = consumer._committed_offset[tp]
+        # a partition not seen in this assignment starts at its commit (None: nothing
+        # committed yet, the first record delivered is the start)
         keep, rewind = admit(
-            ((e.message.tp, e.message.offset) for e in events), self.expected, starts.get
+            ((e.message.tp, e.message.offset) for e in events),
+            self.expected,
+            lambda tp: consumer._committed_offset[tp],
         )
         for tp, offset in rewind.items():
             held = [e.message.offset for e, k in zip(events, keep, strict=True)
@@ -270,31 +217,45 @@ class InOrder:
                 "rewinding to %d so they are processed in order",
                 tp.topic, tp.partition, min(held), offset, len(held), offset,
             )  # fmt: skip
-            await seek(consumer, tp, offset)
-            self._sought[tp] = (offset, now)
-            self.rewinds += 1
+            await self.rewind(tp, offset, now)
         return [e for e, k in zip(events, keep, strict=True) if k]
 
+    async def rewind(self, tp: Any, offset: int, now: float) -> None:
+        """Seek ``tp`` to ``offset``, or to the log start if retention deleted it."""
+        consumer = self.app.consumer
+        earliest = (await consumer.earliest_offsets(tp)).get(tp)
+        if earliest is not None and earliest > offset:
+            log.error(
+                "records %d..%d of %s[%d] were deleted (retention) before this group read "
+                "them; going on from the log start %d",
+                offset, earliest - 1, tp.topic, tp.partition, earliest,
+            )  # fmt: skip
+            offset = self.expected[tp] = earliest
+            consumer._committed_offset[tp] = earliest  # or no commit would pass the hole
+        await seek(consumer, tp, offset)
+        self._sought[tp] = (offset, now)
+        self.rewinds += 1
+
     async def retry(self) -> list[Any]:
-        """Seek again where a rewind has not brought its record within ``reseek_s`` (a
-        timer calls this: the records fetched before a seek can push Faust's read
-        position past the rewound ones, which it then drops; with nothing more to
-        deliver, no batch would come to ask again)."""
-        app, now = self.app, self.clock()
+        """Seek again where a rewind has not brought its record within ``reseek_s`` (the
+        records fetched before a seek can push Faust's read position past the rewound
+        ones, which it then drops; with nothing more to deliver, no batch would come to
+        ask again), and where records are behind the commit but none arrived for
+        ``stall_s``. A timer calls this."""
         again: list[Any] = []
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
+        if not self.settled():
             return again
+        consumer, now = self.app.consumer, self.clock()
+        assigned = consumer.assignment()
         for tp, (offset, at) in list(self._sought.items()):
-            if self.expected.get(tp, offset) > offset or tp not in app.consumer.assignment():
+            if self.expected.get(tp, offset) > offset or tp not in assigned:
                 del self._sought[tp]  # it came (or the partition went elsewhere)
             elif now - at >= self.reseek_s:
                 log.warning("%s[%d]: record %d still not delivered; seeking to it again",
                             tp.topic, tp.partition, offset)  # fmt: skip
-                await seek(app.consumer, tp, offset)
-                self._sought[tp] = (offset, now)
+                await self.rewind(tp, offset, now)
                 again.append(tp)
-        consumer = app.consumer
-        for tp in consumer.assignment():
+        for tp in assigned:
             if not guarded(tp.topic) or tp in again:
                 continue
             committed, high = consumer._committed_offset[tp], consumer.highwater(tp)
@@ -311,3 +272,14 @@ class InOrder:
                 self._seen_at[tp] = now
                 again.append(tp)
         return again
+
+
+def in_order(app: Any, name: str) -> InOrder:
+    """An agent's :class:`InOrder`, with its retry timer registered on ``app``."""
+    order = InOrder(app)
+
+    async def retry() -> None:
+        await order.retry()
+
+    app.timer(1.0, name=f"{name}.in_order_retry")(retry)
+    return order

@@ -17,7 +17,7 @@ from faust.types import TP
 from intervaltree import IntervalTree
 
 from nodemeter_stream import commit_guard
-from nodemeter_stream.commit_guard import Stuck, head_missing, heal
+from nodemeter_stream.commit_guard import head_missing
 
 GUARDED = "nodemeter-test-guard.usage.v1"
 PLAIN = "some-app-table-changelog"
@@ -124,43 +124,6 @@ def test_head_missing(acked: list[int], committed: int | None, missing: bool) ->
     assert head_missing(acked, committed) is missing
 
 
-def test_stuck_is_due_only_after_the_grace_and_for_the_same_head() -> None:
-    s = Stuck(grace_s=2.0)
-    assert not s.due("tp", 5, True, now=0.0)
-    assert not s.due("tp", 5, True, now=1.9)
-    assert s.due("tp", 5, True, now=2.0)
-    assert not s.due("tp", 5, True, now=3.0)  # another grace before the next rewind
-    assert not s.due("tp", 9, True, now=4.5)  # the head moved: start again
-    assert not s.due("tp", 9, False, now=9.0)  # healed
-    assert not s.due("tp", 9, True, now=9.5)
-
-
-def test_heal_rewinds_a_partition_whose_head_stays_missing() -> None:
-    state, tp = the_restart_seen_in_the_sigkill_test(GUARDED)
-    now = [100.0]
-    stuck = Stuck(grace_s=2.0)
-    assert asyncio.run(heal(state, stuck, clock=lambda: now[0])) == []
-    now[0] += 2.5
-    assert asyncio.run(heal(state, stuck, clock=lambda: now[0])) == [tp]
-    assert state.seeks == [(tp, 3125)]
-
-
-def test_heal_goes_on_from_the_log_start_when_retention_deleted_the_head(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    tp = TP(GUARDED, 1)
-    state = FakeConsumerState(earliest=500)
-    state._committed_offset[tp] = 120
-    state.ack(tp, 500, 501)
-    stuck = Stuck(grace_s=0.0)
-    with caplog.at_level(logging.ERROR, logger="nodemeter.commits"):
-        asyncio.run(heal(state, stuck, clock=lambda: 0.0))
-        assert asyncio.run(heal(state, stuck, clock=lambda: 1.0)) == []
-    assert "records 120..499" in caplog.text and "retention" in caplog.text
-    assert state.seeks == []
-    assert faust_method("_new_offset")(state, tp) == 502
-
-
 # --- in-order admission -----------------------------------------------------------------
 
 P0, P1 = TP(GUARDED, 0), TP(GUARDED, 1)
@@ -257,3 +220,22 @@ def test_in_order_holds_back_rewinds_and_starts_again_on_a_new_assignment(
     fresh = TP(GUARDED, 5)
     kept = asyncio.run(guard.admit([FakeEvent(fresh, 12), FakeEvent(fresh, 13)]))
     assert [e.message.offset for e in kept] == [12, 13] and guard.expected[fresh] == 14
+
+
+def test_in_order_goes_on_from_the_log_start_when_retention_deleted_the_head(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # committed 120, but retention deleted everything below 500: the consumer resets to
+    # the log start, so 500 arrives while 120 is due, and no rewind can bring 120 back
+    tp = TP(GUARDED, 1)
+    consumer = FakeConsumerState(earliest=500)
+    consumer._committed_offset[tp] = 120
+    guard = commit_guard.InOrder(FakeApp(consumer))
+    with caplog.at_level(logging.ERROR, logger="nodemeter.commits"):
+        assert asyncio.run(guard.admit([FakeEvent(tp, 500), FakeEvent(tp, 501)])) == []
+    assert "records 120..499" in caplog.text and "retention" in caplog.text
+    assert consumer.seeks == [(tp, 500)]  # read again from the log start, in order
+    kept = asyncio.run(guard.admit([FakeEvent(tp, 500), FakeEvent(tp, 501)]))
+    assert [e.message.offset for e in kept] == [500, 501]
+    consumer.ack(tp, 500, 501)
+    assert faust_method("_new_offset")(consumer, tp) == 502

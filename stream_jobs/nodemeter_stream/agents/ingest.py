@@ -29,7 +29,7 @@ from nodemeter.codec import encode_payload
 from nodemeter.events import UsageEvent
 from nodemeter_stream.agents.tables import ChangelogMap
 from nodemeter_stream.app import Worker
-from nodemeter_stream.commit_guard import InOrder
+from nodemeter_stream.commit_guard import in_order
 from nodemeter_stream.core.batch import (
     BatchPlan,
     content_token,
@@ -336,12 +336,7 @@ def register(worker: Worker) -> Ingest:
         with contextlib.suppress(SinkStopped):
             await worker.sink.start()
 
-    order = InOrder(app)
-    worker.extras["ingest_order"] = order
-
-    @app.timer(1.0)
-    async def ingest_order_retry() -> None:
-        await order.retry()
+    order = worker.extras["ingest_order"] = in_order(app, "ingest_usage")
 
     @app.agent(ingest.source, concurrency=1, name="ingest_usage")
     async def ingest_usage(stream: Any) -> None:

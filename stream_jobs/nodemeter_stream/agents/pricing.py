@@ -39,7 +39,7 @@ from prometheus_client import Counter
 from nodemeter.codec import encode_payload
 from nodemeter_stream.agents.tables import ChangelogMap
 from nodemeter_stream.app import Worker
-from nodemeter_stream.commit_guard import InOrder
+from nodemeter_stream.commit_guard import in_order
 from nodemeter_stream.core.batch import offsets_token
 from nodemeter_stream.core.rows import DEAD_LETTER_COLUMNS, dead_letter_row
 from nodemeter_stream.core.validate import DeadLetter, Source
@@ -243,12 +243,7 @@ def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
     app, policy = worker.app, worker.config.batch_policy
     worker.extras["pricing"] = pricing
 
-    order = InOrder(app)
-    worker.extras["pricing_order"] = order
-
-    @app.timer(1.0)
-    async def pricing_order_retry() -> None:
-        await order.retry()
+    order = worker.extras["pricing_order"] = in_order(app, "price_usage")
 
     @app.agent(pricing.source, concurrency=1, name="price_usage")
     async def price_usage(stream: Any) -> None:
