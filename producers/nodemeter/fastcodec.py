@@ -201,14 +201,39 @@ def encode(record: Record) -> bytes:
 Encoded = tuple[bytes, bytes]  # (Kafka key, value)
 
 
+def python_encode_with_key(record: Record) -> Encoded:
+    return record_key(record), encode(record)
+
+
 def python_validate_and_encode(record: Record) -> Encoded:
     """The pure-Python path: ``events.validate_record``, then ``encode``."""
     events.validate_record(record)
-    return record_key(record), encode(record)
+    return python_encode_with_key(record)
 
 
-def python_encode_with_key(record: Record) -> Encoded:
-    return record_key(record), encode(record)
+def native_settings() -> dict[str, Any]:
+    """What ``nodemeter_native.configure`` takes: these classes, schemas and rules."""
+    return {
+        "usage_event": UsageEvent,
+        "meters": Meters,
+        "request_end": RequestEnd,
+        "status": list(Status),
+        "gpu_source": list(GpuSource),
+        "usage_head": _USAGE_HEAD,
+        "end_head": _END_HEAD,
+        "usage_fields": USAGE_FIELDS,
+        "meter_fields": METER_FIELDS,
+        "end_fields": END_FIELDS,
+        "limits": dict(events.LIMITS),
+        "max_id_len": events.MAX_ID_LEN,
+        "max_attributes": events.MAX_ATTRIBUTES,
+        "max_attribute_len": events.MAX_ATTRIBUTE_LEN,
+        "max_custom_meters": events.MAX_CUSTOM_METERS,
+        "tenant_pattern": events._TENANT_RE.pattern,
+        "custom_pattern": events._CUSTOM_RE.pattern,
+        "slow_validated": python_validate_and_encode,
+        "slow_plain": python_encode_with_key,
+    }
 
 
 def _load_native() -> ModuleType | None:
@@ -224,27 +249,7 @@ def _load_native() -> ModuleType | None:
         log.debug("nodemeter: nodemeter_native not installed: pure-Python encoder")
         return None
     try:
-        nodemeter_native.configure(
-            usage_event=UsageEvent,
-            meters=Meters,
-            request_end=RequestEnd,
-            status=list(Status),
-            gpu_source=list(GpuSource),
-            usage_head=_USAGE_HEAD,
-            end_head=_END_HEAD,
-            usage_fields=USAGE_FIELDS,
-            meter_fields=METER_FIELDS,
-            end_fields=END_FIELDS,
-            limits=dict(events.LIMITS),
-            max_id_len=events.MAX_ID_LEN,
-            max_attributes=events.MAX_ATTRIBUTES,
-            max_attribute_len=events.MAX_ATTRIBUTE_LEN,
-            max_custom_meters=events.MAX_CUSTOM_METERS,
-            tenant_pattern=events._TENANT_RE.pattern,
-            custom_pattern=events._CUSTOM_RE.pattern,
-            slow_validated=python_validate_and_encode,
-            slow_plain=python_encode_with_key,
-        )
+        nodemeter_native.configure(**native_settings())
     except Exception as exc:  # a build older or newer than these events
         log.warning("nodemeter: nodemeter_native does not match this SDK (%s): pure-Python", exc)
         return None

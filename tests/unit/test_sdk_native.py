@@ -372,25 +372,10 @@ def test_subclasses_and_odd_types_are_left_to_python() -> None:
 def test_configure_refuses_a_schema_it_does_not_implement() -> None:
     with pytest.raises(ValueError, match="usage_event fields"):
         nodemeter_native.configure(
-            usage_event=UsageEvent,
-            meters=Meters,
-            request_end=RequestEnd,
-            status=list(Status),
-            gpu_source=list(GpuSource),
-            usage_head=b"\xc3\x01" + bytes(8),
-            end_head=b"\xc3\x01" + bytes(8),
-            usage_fields=(*fastcodec.USAGE_FIELDS, "new_field"),
-            meter_fields=fastcodec.METER_FIELDS,
-            end_fields=fastcodec.END_FIELDS,
-            limits=dict(LIMITS),
-            max_id_len=MAX_ID_LEN,
-            max_attributes=MAX_ATTRIBUTES,
-            max_attribute_len=MAX_ATTRIBUTE_LEN,
-            max_custom_meters=MAX_CUSTOM_METERS,
-            tenant_pattern=nodemeter_native.TENANT_PATTERN,
-            custom_pattern=nodemeter_native.CUSTOM_PATTERN,
-            slow_validated=fastcodec.python_validate_and_encode,
-            slow_plain=fastcodec.python_encode_with_key,
+            **{
+                **fastcodec.native_settings(),
+                "usage_fields": (*fastcodec.USAGE_FIELDS, "new_field"),
+            }
         )
     # the configuration in use is untouched
     record = VECTORS["llm span"]
