@@ -370,6 +370,34 @@ fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     buf.extend_from_slice(b);
 }
 
+/// An Avro map from an exact dict of at most ``max_len`` entries: one block (count,
+/// entries written by ``entry``), then the end marker. None: not the plain case.
+unsafe fn put_map(
+    buf: &mut Vec<u8>,
+    d: *mut ffi::PyObject,
+    max_len: isize,
+    mut entry: impl FnMut(&mut Vec<u8>, *mut ffi::PyObject, *mut ffi::PyObject) -> Option<()>,
+) -> Option<()> {
+    if d.is_null() || ffi::PyDict_CheckExact(d) == 0 {
+        return None;
+    }
+    let n = ffi::PyDict_Size(d);
+    if n > max_len {
+        return None;
+    }
+    if n > 0 {
+        put_long(buf, n as i64);
+        let mut pos: ffi::Py_ssize_t = 0;
+        let mut k: *mut ffi::PyObject = ptr::null_mut();
+        let mut v: *mut ffi::PyObject = ptr::null_mut();
+        while ffi::PyDict_Next(d, &mut pos, &mut k, &mut v) != 0 {
+            entry(buf, k, v)?;
+        }
+    }
+    buf.push(0);
+    Some(())
+}
+
 // --- validation rules (each mirrors nodemeter.events) ----------------------------------
 
 fn tenant_ok(b: &[u8]) -> bool {
@@ -484,22 +512,7 @@ impl Config {
 
     /// attributes: an exact dict of exact str → exact str within the limits.
     unsafe fn put_attributes(&self, buf: &mut Vec<u8>, d: *mut ffi::PyObject) -> Option<()> {
-        if d.is_null() || ffi::PyDict_CheckExact(d) == 0 {
-            return None;
-        }
-        let n = ffi::PyDict_Size(d);
-        if n > self.max_attributes {
-            return None;
-        }
-        if n == 0 {
-            buf.push(0);
-            return Some(());
-        }
-        put_long(buf, n as i64);
-        let mut pos: ffi::Py_ssize_t = 0;
-        let mut k: *mut ffi::PyObject = ptr::null_mut();
-        let mut v: *mut ffi::PyObject = ptr::null_mut();
-        while ffi::PyDict_Next(d, &mut pos, &mut k, &mut v) != 0 {
+        put_map(buf, d, self.max_attributes, |buf, k, v| {
             let (kb, kn) = text(k)?;
             let (vb, vn) = text(v)?;
             if kn > self.max_id_len || vn > self.max_attribute_len {
@@ -507,8 +520,17 @@ impl Config {
             }
             put_bytes(buf, kb);
             put_bytes(buf, vb);
+            Some(())
+        })
+    }
+
+    /// Meter slot ``i``: an exact int within its limit.
+    unsafe fn put_quantity(&self, buf: &mut Vec<u8>, m: *mut ffi::PyObject, i: usize) -> Option<()> {
+        let v = int(slot(m, self.meters[i]))?;
+        if v < 0 || v > self.limits[i] {
+            return None;
         }
-        buf.push(0);
+        put_long(buf, v);
         Some(())
     }
 
@@ -519,11 +541,7 @@ impl Config {
         let off = &self.meters;
         for i in 0..5 {
             // input, output, cached_input, cache_write tokens, gpu_ms
-            let v = int(slot(m, off[i]))?;
-            if v < 0 || v > self.limits[i] {
-                return None;
-            }
-            put_long(buf, v);
+            self.put_quantity(buf, m, i)?;
         }
         let (gpu_type, gpu_type_len) = text(slot(m, off[5]))?;
         if gpu_type_len > self.max_id_len {
@@ -537,31 +555,9 @@ impl Config {
             return None;
         }
         put_long(buf, source_ix as i64);
-        for i in [7usize, 8] {
-            // cpu_ms, api_calls
-            let v = int(slot(m, off[i]))?;
-            if v < 0 || v > self.limits[i] {
-                return None;
-            }
-            put_long(buf, v);
-        }
-        let custom = slot(m, off[9]);
-        if custom.is_null() || ffi::PyDict_CheckExact(custom) == 0 {
-            return None;
-        }
-        let n = ffi::PyDict_Size(custom);
-        if n > self.max_custom {
-            return None;
-        }
-        if n == 0 {
-            buf.push(0);
-            return Some(());
-        }
-        put_long(buf, n as i64);
-        let mut pos: ffi::Py_ssize_t = 0;
-        let mut k: *mut ffi::PyObject = ptr::null_mut();
-        let mut v: *mut ffi::PyObject = ptr::null_mut();
-        while ffi::PyDict_Next(custom, &mut pos, &mut k, &mut v) != 0 {
+        self.put_quantity(buf, m, 7)?; // cpu_ms
+        self.put_quantity(buf, m, 8)?; // api_calls
+        put_map(buf, slot(m, off[9]), self.max_custom, |buf, k, v| {
             let (kb, _) = text(k)?;
             if !custom_name_ok(kb) {
                 return None;
@@ -572,9 +568,8 @@ impl Config {
             }
             put_bytes(buf, kb);
             put_long(buf, q);
-        }
-        buf.push(0);
-        Some(())
+            Some(())
+        })
     }
 
     /// Encode a UsageEvent into buf and its key into key; None: leave it to Python.
