@@ -341,9 +341,8 @@ def test_sigkill_mid_month_then_restart_prices_exactly(
     (a re-send carries the same id).
 
     The kill comes once every forward of that part is on the usage-by-tenant topic, so
-    that it hits the pricing agent: a kill inside an ingest batch can lose forwards
-    (ingest commits before its buffered forwards are delivered; reported to the worker
-    workstream), which no pricing can make up for.
+    that it hits the pricing agent (a kill inside an ingest batch is the worker SIGKILL
+    test's business; ingest acknowledges a batch only once its forwards are delivered).
     """
     events, net, expected_alerts = scenario(tmp_path, monkeypatch)
     messages = [(record_key(e), encode_record(e)) for e in events]
