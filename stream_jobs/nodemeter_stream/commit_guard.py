@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,10 +44,9 @@ _installed = False
 ORIGINALS: dict[str, Any] = {}  # Faust's own methods, as they were before install()
 
 
-def head_missing(acked: Iterable[int], committed: int | None) -> bool:
+def head_missing(acked: Sequence[int], committed: int | None) -> bool:
     """Later records are acknowledged but the committed (next) record is not."""
-    acked = list(acked)
-    return committed is not None and bool(acked) and min(acked) > committed
+    return committed is not None and len(acked) > 0 and min(acked) > committed
 
 
 def guard_topics(*topics: str) -> None:
