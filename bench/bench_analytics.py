@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 from nodemeter_stream.analytics import html, queries
 from nodemeter_stream.analytics.rebuild import rebuild
 from nodemeter_stream.analytics.report import collect
-from nodemeter_stream.migrate import migrate
-from nodemeter_stream.store import ClickHouseConfig, connect
+from nodemeter_stream.sink.migrate import migrate
+from nodemeter_stream.sink.store import ClickHouseConfig, connect
 
 T = TypeVar("T")
 

@@ -124,7 +124,7 @@ def topics(kafka_bootstrap: str, topic_prefix: str) -> Any:
 
 @pytest.fixture
 def clickhouse_config(clickhouse_url: str) -> Any:
-    from nodemeter_stream.store import ClickHouseConfig
+    from nodemeter_stream.sink.store import ClickHouseConfig
 
     return ClickHouseConfig(url=clickhouse_url, database=f"test_{uuid.uuid4().hex[:12]}")
 
@@ -132,8 +132,8 @@ def clickhouse_config(clickhouse_url: str) -> Any:
 @pytest.fixture
 def ch(clickhouse_config: Any) -> Iterator[Any]:
     """A clickhouse-connect client on a fresh, migrated database of its own."""
-    from nodemeter_stream.migrate import migrate
-    from nodemeter_stream.store import connect
+    from nodemeter_stream.sink.migrate import migrate
+    from nodemeter_stream.sink.store import connect
 
     client = connect(clickhouse_config)
     migrate(client, verbose=False)

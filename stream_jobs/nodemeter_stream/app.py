@@ -20,9 +20,9 @@ from typing import Any
 
 from nodemeter.errors import ConfigError
 from nodemeter_stream.commit_guard import guard_topics
-from nodemeter_stream.core.batch import BatchPolicy
-from nodemeter_stream.core.dedupe import DEFAULT_TTL_S
-from nodemeter_stream.store import ClickHouseConfig
+from nodemeter_stream.ingest.dedupe import DEFAULT_TTL_S
+from nodemeter_stream.ingest.plan import BatchPolicy
+from nodemeter_stream.sink.store import ClickHouseConfig
 from nodemeter_stream.topics import Topics
 
 # Modules whose ``register(worker)`` adds agents/timers to the app. Pricing appends
@@ -154,7 +154,7 @@ class Worker:
 
     config: WorkerConfig
     app: Any  # faust.App
-    sink: Any  # nodemeter_stream.sink.ClickHouseSink
+    sink: Any  # nodemeter_stream.sink.clickhouse.ClickHouseSink
     metrics: Any  # nodemeter_stream.metrics.WorkerMetrics
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -190,7 +190,7 @@ def faust_app(config: WorkerConfig) -> Any:
 def build_app(config: WorkerConfig, *, sink: Any = None, metrics: Any = None) -> Worker:
     """The faust.App with every module of ``config.agent_modules`` registered."""
     from nodemeter_stream.metrics import WorkerMetrics
-    from nodemeter_stream.sink import ClickHouseSink
+    from nodemeter_stream.sink.clickhouse import ClickHouseSink
 
     worker = Worker(
         config=config,

@@ -403,10 +403,10 @@ def _run(args: argparse.Namespace) -> int:
     from nodemeter.meter import Meter, MeterConfig
     from nodemeter_stream.analytics import html, reconcile
     from nodemeter_stream.analytics.report import collect, render_table
-    from nodemeter_stream.migrate import migrate
     from nodemeter_stream.offsets import wait_caught_up
+    from nodemeter_stream.sink.migrate import migrate
+    from nodemeter_stream.sink.store import ClickHouseConfig, connect
     from nodemeter_stream.smoke import bootstrap_servers
-    from nodemeter_stream.store import ClickHouseConfig, connect
     from nodemeter_stream.topics import Topics, ensure_topics
 
     t0 = time.monotonic()

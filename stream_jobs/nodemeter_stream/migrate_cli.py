@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from nodemeter_stream.migrate import applied, discover, migrate
-from nodemeter_stream.store import ClickHouseConfig, connect
+from nodemeter_stream.sink.migrate import applied, discover, migrate
+from nodemeter_stream.sink.store import ClickHouseConfig, connect
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

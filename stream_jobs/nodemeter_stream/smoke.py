@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 from nodemeter.codec import decode_record, encode_record, record_key
 from nodemeter.events import GpuSource, Meters, UsageEvent, event_id_for
-from nodemeter_stream.migrate import migrate
-from nodemeter_stream.rows import USAGE_EVENT_COLUMNS, usage_event_row
-from nodemeter_stream.store import ClickHouseConfig, connect
+from nodemeter_stream.ingest.rows import USAGE_EVENT_COLUMNS, usage_event_row
+from nodemeter_stream.sink.migrate import migrate
+from nodemeter_stream.sink.store import ClickHouseConfig, connect
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from nodemeter_stream.app import WorkerConfig, build_app
-from nodemeter_stream.store import ClickHouseConfig
+from nodemeter_stream.sink.store import ClickHouseConfig
 from nodemeter_stream.topics import ensure_topics
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from nodemeter_stream.migrate import applied, discover, migrate
+from nodemeter_stream.ingest.rows import USAGE_EVENT_COLUMNS, usage_event_row
 from nodemeter_stream.pricing.lines import PRICED_LINE_COLUMNS
-from nodemeter_stream.rows import USAGE_EVENT_COLUMNS, usage_event_row
+from nodemeter_stream.sink.migrate import applied, discover, migrate
 from nodemeter_stream.smoke import sample_events
 
 pytestmark = pytest.mark.clickhouse

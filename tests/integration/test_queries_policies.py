@@ -26,8 +26,8 @@ SEED = """
 import sys
 sys.path.insert(0, {here!r})
 from analytics_data import load_known
-from nodemeter_stream.migrate import migrate
-from nodemeter_stream.store import ClickHouseConfig, connect
+from nodemeter_stream.sink.migrate import migrate
+from nodemeter_stream.sink.store import ClickHouseConfig, connect
 from nodemeter_stream.analytics.policies import tenant_tables, users_xml
 c = connect(ClickHouseConfig(url="chdb://{store}", database="nm"))
 migrate(c, verbose=False)

@@ -118,8 +118,8 @@ def test_installed_command_end_to_end(tmp_path: Path) -> None:
     seed = (
         f"import sys; sys.path.insert(0, {str(HERE)!r})\n"
         "from analytics_data import load_known\n"
-        "from nodemeter_stream.migrate import migrate\n"
-        "from nodemeter_stream.store import ClickHouseConfig, connect\n"
+        "from nodemeter_stream.sink.migrate import migrate\n"
+        "from nodemeter_stream.sink.store import ClickHouseConfig, connect\n"
         f"c = connect(ClickHouseConfig(url={url!r}, database='nm'))\n"
         "migrate(c, verbose=False); load_known(c)\n"
     )

@@ -230,7 +230,7 @@ class WorkerProcess:
 
 _QUERY = """
 import json, sys
-from nodemeter_stream.store import ClickHouseConfig, connect
+from nodemeter_stream.sink.store import ClickHouseConfig, connect
 cfg = ClickHouseConfig(url=sys.argv[1], database=sys.argv[2])
 client = connect(cfg, create_database=False)
 out = [list(r) for r in client.query(sys.argv[3]).result_rows]

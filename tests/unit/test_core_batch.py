@@ -8,16 +8,15 @@ import pytest
 
 from nodemeter.codec import encode_record
 from nodemeter.events import Meters, RequestEnd, UsageEvent, event_id_for, request_end_id
-from nodemeter_stream.core.batch import (
+from nodemeter_stream.ingest.decode import Classified, Source, classify
+from nodemeter_stream.ingest.merge import RequestState
+from nodemeter_stream.ingest.plan import (
     BatchPlan,
     BatchPolicy,
-    content_token,
-    offsets_token,
     plan_batch,
     plan_sweep,
 )
-from nodemeter_stream.core.merge import RequestState
-from nodemeter_stream.core.validate import Classified, Source, classify
+from nodemeter_stream.sink.tokens import content_token, offsets_token
 
 T = datetime(2026, 11, 1, tzinfo=UTC)
 

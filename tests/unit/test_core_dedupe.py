@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodemeter_stream.core.dedupe import SeenMark, expired, is_live, split_fresh
+from nodemeter_stream.ingest.dedupe import SeenMark, expired, is_live, split_fresh
 
 
 def test_first_occurrence_wins_within_a_batch_and_stored_ids_are_duplicates() -> None:

@@ -15,7 +15,7 @@ from nodemeter.events import (
     event_id_for,
     request_end_id,
 )
-from nodemeter_stream.core.merge import (
+from nodemeter_stream.ingest.merge import (
     RequestState,
     apply,
     build_record,

@@ -9,7 +9,7 @@ import pytest
 
 from nodemeter.codec import SINGLE_OBJECT_MAGIC, encode_payload, encode_record, usage_event_to_avro
 from nodemeter.events import Meters, UsageEvent, event_id_for
-from nodemeter_stream.core.validate import Accepted, DeadLetter, Source, classify
+from nodemeter_stream.ingest.decode import Accepted, DeadLetter, Source, classify
 
 SRC = Source(topic="t.nodemeter.usage.v1", partition=2, offset=41)
 T = datetime(2026, 11, 1, tzinfo=UTC)

@@ -11,7 +11,7 @@ from nodemeter.cli import build_parser
 from nodemeter.errors import ConfigError
 from nodemeter_stream.app import AGENT_MODULES, WorkerConfig
 from nodemeter_stream.metrics import WorkerMetrics
-from nodemeter_stream.store import ClickHouseConfig
+from nodemeter_stream.sink.store import ClickHouseConfig
 from nodemeter_stream.worker_cli import agent_modules
 
 

@@ -13,8 +13,8 @@ import nodemeter_stream.agents.ingest as ingest_module
 from nodemeter.codec import decode_payload, encode_record
 from nodemeter.events import Meters, RequestEnd, UsageEvent, event_id_for, request_end_id
 from nodemeter_stream.app import WorkerConfig, build_app
-from nodemeter_stream.sink import Block
-from nodemeter_stream.store import ClickHouseConfig
+from nodemeter_stream.sink.clickhouse import Block
+from nodemeter_stream.sink.store import ClickHouseConfig
 
 T = datetime(2026, 11, 1, tzinfo=UTC)
 

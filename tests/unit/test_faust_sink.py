@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from nodemeter_stream.metrics import WorkerMetrics
-from nodemeter_stream.sink import Block, ClickHouseSink
+from nodemeter_stream.sink.clickhouse import Block, ClickHouseSink
 
 
 class FakeClient:

@@ -9,7 +9,7 @@ import pytest
 
 from nodemeter_stream.analytics import queries
 from nodemeter_stream.analytics.errors import QueryParameterError, UnknownQueryError
-from nodemeter_stream.migrate import split_statements
+from nodemeter_stream.sink.migrate import split_statements
 
 PERIOD = {"tenant": "String", "start": "DateTime('UTC')", "end": "DateTime('UTC')"}
 

@@ -14,7 +14,7 @@ from nodemeter_stream.analytics.rebuild import (
     partition_settings,
     rollup,
 )
-from nodemeter_stream.migrate import discover
+from nodemeter_stream.sink.migrate import discover
 
 R = Rollup("cost_hourly", "cost_hourly_mv", "priced_lines")
 

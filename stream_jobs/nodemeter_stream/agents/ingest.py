@@ -30,26 +30,26 @@ from nodemeter.events import UsageEvent
 from nodemeter_stream.agents.tables import ChangelogMap
 from nodemeter_stream.app import Worker
 from nodemeter_stream.commit_guard import in_order
-from nodemeter_stream.core.batch import (
+from nodemeter_stream.ingest.decode import DeadLetter, Source, classify
+from nodemeter_stream.ingest.dedupe import SeenMark, is_live
+from nodemeter_stream.ingest.merge import Emission, RequestState, state_key
+from nodemeter_stream.ingest.plan import (
     BatchPlan,
-    content_token,
-    offsets_token,
     plan_batch,
     plan_sweep,
 )
-from nodemeter_stream.core.dedupe import SeenMark, is_live
-from nodemeter_stream.core.merge import Emission, RequestState, state_key
-from nodemeter_stream.core.rows import (
+from nodemeter_stream.ingest.rows import (
     DEAD_LETTER_COLUMNS,
     REQUEST_NODE_COLUMNS,
     REQUEST_RECORD_COLUMNS,
+    USAGE_EVENT_COLUMNS,
     dead_letter_row,
     request_node_rows,
     request_record_row,
+    usage_event_row,
 )
-from nodemeter_stream.core.validate import DeadLetter, Source, classify
-from nodemeter_stream.rows import USAGE_EVENT_COLUMNS, usage_event_row
-from nodemeter_stream.sink import Block, SinkStopped, ack_all
+from nodemeter_stream.sink.clickhouse import Block, SinkStopped, ack_all
+from nodemeter_stream.sink.tokens import content_token, offsets_token
 
 log = logging.getLogger("nodemeter.ingest")
 

@@ -40,9 +40,8 @@ from nodemeter.codec import encode_payload
 from nodemeter_stream.agents.tables import ChangelogMap
 from nodemeter_stream.app import Worker
 from nodemeter_stream.commit_guard import in_order
-from nodemeter_stream.core.batch import offsets_token
-from nodemeter_stream.core.rows import DEAD_LETTER_COLUMNS, dead_letter_row
-from nodemeter_stream.core.validate import DeadLetter, Source
+from nodemeter_stream.ingest.decode import DeadLetter, Source
+from nodemeter_stream.ingest.rows import DEAD_LETTER_COLUMNS, dead_letter_row
 from nodemeter_stream.pricing import PricingEngine, load_config
 from nodemeter_stream.pricing.batch import BatchResult, Item, Rejected, price_batch, tenants_due
 from nodemeter_stream.pricing.book import EXAMPLES_DIR
@@ -57,7 +56,8 @@ from nodemeter_stream.pricing.records import (
     price_book_rows,
     price_book_token,
 )
-from nodemeter_stream.sink import Block, ack_all
+from nodemeter_stream.sink.clickhouse import Block, ack_all
+from nodemeter_stream.sink.tokens import offsets_token
 
 log = logging.getLogger("nodemeter.pricing")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from nodemeter.errors import ConfigError
 from nodemeter_stream.analytics.errors import StoreError
-from nodemeter_stream.store import ClickHouseConfig, connect
+from nodemeter_stream.sink.store import ClickHouseConfig, connect
 
 
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:

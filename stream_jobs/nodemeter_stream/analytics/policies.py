@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tables:
         tables = [t.strip() for t in args.tables.split(",") if t.strip()]
     else:
-        from nodemeter_stream.store import ClickHouseConfig, connect
+        from nodemeter_stream.sink.store import ClickHouseConfig, connect
 
         tables = tenant_tables(connect(ClickHouseConfig(database=args.database)))
     kw = {"database": args.database, "tenant": args.tenant, "user": args.user, "tables": tables}

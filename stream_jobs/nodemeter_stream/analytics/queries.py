@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nodemeter_stream.analytics.errors import QueryError, QueryParameterError, UnknownQueryError
-from nodemeter_stream.migrate import sql_dir
+from nodemeter_stream.sink.migrate import sql_dir
 
 _PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):([^{}]+)\}")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")

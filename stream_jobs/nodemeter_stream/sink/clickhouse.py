@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nodemeter.errors import NodemeterError
-from nodemeter_stream.store import ClickHouseConfig
+from nodemeter_stream.sink.store import ClickHouseConfig
 
 log = logging.getLogger("nodemeter.sink")
 
@@ -71,8 +71,8 @@ class ClickHouseSink:
         self.blocks_written = 0
 
     def _connect(self) -> Any:
-        from nodemeter_stream.migrate import migrate
-        from nodemeter_stream.store import connect
+        from nodemeter_stream.sink.migrate import migrate
+        from nodemeter_stream.sink.store import connect
 
         client = connect(self.config)
         if self._migrate:

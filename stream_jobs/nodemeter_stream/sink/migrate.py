@@ -33,10 +33,10 @@ def sql_dir() -> Path:
     if env:
         return Path(env)
     here = Path(__file__).resolve()
-    repo = here.parents[2] / "sql"
+    repo = here.parents[3] / "sql"
     if (repo / "migrations").is_dir():
         return repo
-    return here.parent / "_sql"
+    return here.parents[1] / "_sql"
 
 
 @dataclass(frozen=True)

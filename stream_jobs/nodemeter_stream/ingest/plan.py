@@ -8,13 +8,12 @@ deterministic ``insert_deduplication_token``) -> state tables -> forwards -> ack
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from nodemeter_stream.core.dedupe import split_fresh
-from nodemeter_stream.core.merge import Emission, RequestState, apply, due, purgeable, state_key
-from nodemeter_stream.core.validate import Accepted, Classified, DeadLetter, Source
+from nodemeter_stream.ingest.decode import Accepted, Classified, DeadLetter
+from nodemeter_stream.ingest.dedupe import split_fresh
+from nodemeter_stream.ingest.merge import Emission, RequestState, apply, due, purgeable, state_key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,36 +31,6 @@ class BatchPolicy:
 
     def should_flush(self, *, size: int, age_s: float) -> bool:
         return size >= self.max_size or (size > 0 and age_s >= self.max_wait_s)
-
-
-def offset_ranges(sources: Iterable[Source]) -> dict[tuple[str, int], tuple[int, int]]:
-    """(topic, partition) -> (first, last) offset covered."""
-    out: dict[tuple[str, int], tuple[int, int]] = {}
-    for s in sources:
-        tp = (s.topic, s.partition)
-        lo, hi = out.get(tp, (s.offset, s.offset))
-        out[tp] = (min(lo, s.offset), max(hi, s.offset))
-    return out
-
-
-def offsets_token(table: str, sources: Iterable[Source]) -> str:
-    """``table:topic:partition:first-last[,...]``: the same offsets give the same token.
-
-    A block is only ever rebuilt from the same offsets with the same or fewer fresh
-    events (the dedupe table only grows), so skipping a repeated token loses nothing.
-    """
-    ranges = offset_ranges(sources)
-    parts = [f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(ranges.items())]
-    return f"{table}:" + ",".join(parts)
-
-
-def content_token(table: str, keys: Iterable[str]) -> str:
-    """A token from the identity of the rows (for blocks not tied to source offsets)."""
-    h = hashlib.sha256()
-    for k in sorted(keys):
-        h.update(k.encode())
-        h.update(b"\x00")
-    return f"{table}:{h.hexdigest()[:32]}"
 
 
 @dataclass(slots=True)
