@@ -1,24 +1,26 @@
 """Agent ``ingest_usage``: usage topic -> validate -> dedupe -> merge -> ClickHouse.
 
-One batch at a time (``noack_take``, concurrency 1), in this order:
+One batch at a time (``noack_take``, concurrency 1), behind the :class:`Gate`
+(progress of record, skip what is applied, offset order):
 
-1. classify every record (pure core); plan the batch against the stored state;
-2. write usage_events, dead_letters, request_records, request_nodes to ClickHouse,
-   each block with a deterministic ``insert_deduplication_token`` (retried until
-   acknowledged: an outage pauses consumption);
-3. only then store the request states (changelog) and, once they are on the broker,
-   record the event ids as seen (a mark always has its event's state behind it);
-4. send dead letters to the DLQ topic and first-seen usage events to
-   ``usage-by-tenant`` (at-least-once);
-5. ack the batch, so Faust commits its offsets.
+1. classify every record (pure); look up in ClickHouse the events memory cannot vouch
+   for (old event times, and every event of a batch in doubt); plan the batch (pure);
+2. run its effects in order (``effects.apply_batch``): intent -> usage_events,
+   dead_letters, request_records, request_nodes -> forwards to ``usage-by-tenant`` (one
+   record per tenant) and dead letters to the DLQ -> request states + progress, in one
+   insert;
+3. ack the batch, so Faust may commit its offsets.
 
-A timer closes requests that timed out and expires old dedupe marks and request states.
+The requests touched within ``request_retention_s`` live in memory (open ones and those
+closed recently), bounded by rate x retention, not by history; a timer closes timed-out
+requests and drops old ones. Nothing per event outlives its request in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,17 +29,12 @@ from typing import Any
 
 from nodemeter.codec import encode_payload
 from nodemeter.events import UsageEvent
-from nodemeter_stream.agents.tables import ChangelogMap
+from nodemeter_stream.agents.effects import Gate, apply_batch, spans_of
 from nodemeter_stream.app import Worker
-from nodemeter_stream.commit_guard import in_order
-from nodemeter_stream.ingest.decode import DeadLetter, Source, classify
-from nodemeter_stream.ingest.dedupe import SeenMark, is_live
-from nodemeter_stream.ingest.merge import Emission, RequestState, state_key
-from nodemeter_stream.ingest.plan import (
-    BatchPlan,
-    plan_batch,
-    plan_sweep,
-)
+from nodemeter_stream.ingest import forward
+from nodemeter_stream.ingest.decode import Accepted, DeadLetter, Source, classify
+from nodemeter_stream.ingest.merge import Emission, RequestState, state_key, to_us
+from nodemeter_stream.ingest.plan import BatchPlan, needs_lookup, plan_batch, plan_sweep
 from nodemeter_stream.ingest.rows import (
     DEAD_LETTER_COLUMNS,
     REQUEST_NODE_COLUMNS,
@@ -49,9 +46,15 @@ from nodemeter_stream.ingest.rows import (
     usage_event_row,
 )
 from nodemeter_stream.sink.clickhouse import Block, SinkStopped, ack_all
+from nodemeter_stream.sink.progress import state_row
+from nodemeter_stream.sink.state import StateStore
 from nodemeter_stream.sink.tokens import content_token, offsets_token
 
 log = logging.getLogger("nodemeter.ingest")
+
+SCOPE = "request"
+# The clock skew the SDK tolerates on event times (its validation rejects more).
+SKEW_S = 300.0
 
 
 def wall_ms() -> int:
@@ -69,74 +72,96 @@ class Ingest:
         self.clock = clock
         app = worker.app
         topics = self.cfg.topics
-        self.source = app.topic(topics.usage, key_serializer="raw", value_serializer="raw")
-        self.dlq = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
-        self.by_tenant = app.topic(
-            topics.usage_by_tenant, key_serializer="raw", value_serializer="raw"
-        )
-        self.seen = ChangelogMap(app.Table("seen-events", partitions=self.cfg.partitions))
-        self.requests = ChangelogMap(app.Table("request-state", partitions=self.cfg.partitions))
-        # Batches and the sweep timer both read-modify-write the state tables.
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.source = app.topic(topics.usage, **raw)
+        self.dlq = app.topic(topics.dlq, **raw)
+        self.by_tenant = app.topic(topics.usage_by_tenant, **raw)
+        self.store = StateStore(self.sink, group=self.cfg.app_id)
+        # requests touched within the retention: key -> state (open or closed)
+        self.states: dict[str, RequestState] = {}
+        # Batches and the sweep timer both read-modify-write the states.
         self.lock = asyncio.Lock()
-        self._open: dict[str, int] | None = None
-        self._next_housekeeping_ms = 0
         # Set while no batch is being processed; a graceful stop sets ``draining`` (no
         # new batch starts), waits for ``idle`` and commits.
         self.idle = asyncio.Event()
         self.idle.set()
         self.draining = False
+        self.lookups = 0
+        self.gate = Gate(
+            app,
+            "ingest_usage",
+            store=self.store,
+            topic=topics.usage,
+            scopes=(SCOPE,),
+            on_recover=self.recovered,
+            retention_s=self.cfg.request_retention_s,
+        )
 
-    # --- lookups ---------------------------------------------------------------------
+    # --- recovery ---------------------------------------------------------------------
 
-    def is_seen(self, event_id: str) -> bool:
-        raw = self.seen.get(event_id)
-        if raw is None:
-            return False
-        mark = SeenMark.from_json(raw)
-        return is_live(mark, now_ms=self.clock(), ttl_s=self.cfg.dedupe_ttl_s)
-
-    def get_state(self, key: str) -> RequestState | None:
-        raw = self.requests.get(key)
-        return None if raw is None else RequestState.from_json(raw)
+    def recovered(self, partitions: list[int], rows: list[Any]) -> None:
+        """The states of the assigned partitions, as of their progress of record."""
+        self.states = {}
+        for r in rows:
+            state = RequestState.from_json(json.loads(r.value))
+            self.states[r.key] = state
+        self.metrics.open_requests.set(sum(1 for s in self.states.values() if not s.closed))
 
     # --- one batch -------------------------------------------------------------------
+
+    def to_look_up(self, items: Sequence[Any], now_ms: int) -> list[tuple[str, datetime, str]]:
+        window = self.cfg.request_retention_s
+        out = []
+        for item in items:
+            if not isinstance(item, Accepted) or not isinstance(item.record, UsageEvent):
+                continue
+            rec = item.record
+            state = self.states.get(state_key(rec.tenant, rec.request_id))
+            if state is not None and state.has(rec.event_id):
+                continue  # memory knows it
+            if self.gate.in_doubt(item.source.partition, item.source.offset) or needs_lookup(
+                to_us(rec.event_time) // 1000, now_ms=now_ms, window_s=window, skew_s=SKEW_S
+            ):
+                out.append((rec.tenant, rec.event_time, rec.event_id))
+        return out
 
     async def process(self, events: Sequence[Any]) -> BatchPlan:
         t_start = time.perf_counter()
         now_ms = self.clock()
         self.metrics.events_in.inc(len(events))
         self.metrics.batch_size.observe(len(events))
-        sources = [
-            Source(topic=e.message.topic, partition=e.message.partition, offset=e.message.offset)
-            for e in events
-        ]
-        items = [
-            classify(e.value, key=e.key, source=s, max_bytes=self.cfg.max_event_bytes)
-            for e, s in zip(events, sources, strict=True)
-        ]
+        max_bytes = self.cfg.max_event_bytes
+        items = []
+        for e in events:
+            m = e.message
+            src = Source(topic=m.topic, partition=m.partition, offset=m.offset)
+            items.append(classify(e.value, key=e.key, source=src, max_bytes=max_bytes))
         async with self.lock:
+            wanted = self.to_look_up(items, now_ms)
+            stored = await self.store.stored_events(wanted) if wanted else {}
+            self.lookups += len(wanted)
+            t_lookup = time.perf_counter()
             plan = plan_batch(
                 items,
-                is_seen=self.is_seen,
-                get_state=self.get_state,
+                get_state=self.states.get,
+                stored=stored,
                 now_ms=now_ms,
                 timeout_s=self.cfg.request_timeout_s,
             )
-            usage_rows = [
-                usage_event_row(
-                    a.record,
-                    topic=a.source.topic,
-                    partition=a.source.partition,
-                    offset=a.source.offset,
-                )
-                for a in plan.fresh
-                if isinstance(a.record, UsageEvent)
-            ]
+            sources = [a.source for a in items]
             blocks = [
                 Block(
                     table="usage_events",
                     columns=USAGE_EVENT_COLUMNS,
-                    rows=usage_rows,
+                    rows=[
+                        usage_event_row(
+                            rec,
+                            topic=a.source.topic,
+                            partition=a.source.partition,
+                            offset=a.source.offset,
+                        )
+                        for rec, a in plan.usage_to_insert()
+                    ],
                     token=offsets_token("usage_events", sources),
                 ),
                 Block(
@@ -147,46 +172,51 @@ class Ingest:
                 ),
                 *request_blocks(plan.emissions),
             ]
+            group = self.cfg.app_id
+            topic = self.cfg.topics.usage
+            rows = [
+                state_row(group, SCOPE, topic, st.partition, key, json.dumps(st.to_json()),
+                          open_=not st.closed)
+                for key, st in plan.states.items()
+            ]  # fmt: skip
             t_plan = time.perf_counter()
-            await self.sink.write(blocks)
-            t_sink = time.perf_counter()
-            # Stored: from here on the state may say so. The request states go first and
-            # the dedupe marks only once the states are on the broker: the two tables are
-            # separate changelogs, and a crash that kept a mark but lost the state holding
-            # its event would make the replayed event a "duplicate" never merged (seen in
-            # the SIGKILL test: requests left without their record). In this order a crash
-            # can only lose marks, and a replayed event is merged again, idempotently.
-            await asyncio.gather(*(self.put_state(k, st) for k, st in plan.states.items()))
-            pending: list[Any] = []
-            for a in plan.fresh:
-                mark = SeenMark(now_ms, a.source.partition)
-                pending.append(
-                    self.seen.put(a.record.event_id, mark.to_json(), partition=a.source.partition)
-                )
-        for d in plan.dead_letters:
-            pending.append(self.send_dead_letter(d, now_ms=now_ms))
-        for a in plan.fresh:
-            if isinstance(a.record, UsageEvent):
-                pending.append(
-                    self.by_tenant.send_soon(key=a.record.tenant.encode(), value=a.payload)
-                )
-        # On the broker before the batch is acked: Faust's pre-commit flush gives up on
-        # its send buffer after a short wait, so a commit could overtake these otherwise.
-        await asyncio.gather(*pending)
+            await apply_batch(
+                sink=self.sink,
+                store=self.store,
+                spans=spans_of(events),
+                blocks=blocks,
+                send=lambda: self.send(plan, now_ms),
+                states=rows,
+            )
+            self.states.update(plan.states)
+            self.gate.applied(spans_of(events))
         self.count(plan)
         log.info(
             "batch records=%d fresh=%d duplicates=%d dead_letters=%d request_records=%d "
-            "plan_ms=%.1f sink_ms=%.1f total_ms=%.1f",
-            len(events),
-            len(plan.fresh),
-            len(plan.duplicates),
-            len(plan.dead_letters),
-            len(plan.emissions),
-            (t_plan - t_start) * 1000,
-            (t_sink - t_plan) * 1000,
+            "looked_up=%d lookup_ms=%.1f plan_ms=%.1f effects_ms=%.1f total_ms=%.1f",
+            len(events), len(plan.fresh), len(plan.duplicates), len(plan.dead_letters),
+            len(plan.emissions), len(wanted), (t_lookup - t_start) * 1000,
+            (t_plan - t_lookup) * 1000, (time.perf_counter() - t_plan) * 1000,
             (time.perf_counter() - t_start) * 1000,
-        )
+        )  # fmt: skip
         return plan
+
+    async def send(self, plan: BatchPlan, now_ms: int) -> None:
+        """Forwards (one record per tenant) and dead letters, on the broker on return."""
+        per_tenant: dict[str, list[forward.Entry]] = {}
+        for a in plan.fresh:
+            if isinstance(a.record, UsageEvent):
+                per_tenant.setdefault(a.record.tenant, []).append(
+                    forward.Entry(a.source.partition, a.source.offset, a.payload)
+                )
+        pending = [self.send_dead_letter(d, now_ms=now_ms) for d in plan.dead_letters]
+        for tenant, entries in per_tenant.items():
+            entries.sort(key=lambda e: (e.partition, e.offset))
+            pending.append(
+                self.by_tenant.send_soon(key=tenant.encode(), value=forward.encode(entries))
+            )
+        # On the broker before the progress is recorded and the batch acked.
+        await asyncio.gather(*pending)
 
     def count(self, plan: BatchPlan) -> None:
         m = self.metrics
@@ -223,61 +253,32 @@ class Ingest:
 
     # --- timer -----------------------------------------------------------------------
 
-    def put_state(self, key: str, state: RequestState) -> Any:
-        fut = self.requests.put(key, state.to_json(), partition=state.partition)
-        if self._open is not None:
-            if state.closed:
-                self._open.pop(key, None)
-            else:
-                self._open[key] = state.opened_at_ms
-        return fut
-
-    def open_index(self) -> dict[str, int]:
-        """Open requests -> opened_at_ms; built from the (recovered) table once, then kept."""
-        if self._open is None:
-            self._open = {}
-            for key, raw in self.requests.items():
-                state = RequestState.from_json(raw)
-                if not state.closed:
-                    self._open[key] = state.opened_at_ms
-        return self._open
-
     async def sweep(self) -> None:
-        """Close timed-out requests; now and then drop expired dedupe marks and old states."""
+        """Close timed-out requests; drop closed ones past the retention from memory."""
         now_ms = self.clock()
-        timeout_ms = self.cfg.request_timeout_s * 1000
         async with self.lock:
-            index = self.open_index()
-            due_keys = [k for k, opened in index.items() if now_ms - opened >= timeout_ms]
-            states = [RequestState.from_json(self.requests.get(k)) for k in due_keys]
-            housekeeping = now_ms >= self._next_housekeeping_ms
-            if housekeeping:
-                self._next_housekeeping_ms = now_ms + self.housekeeping_interval_ms()
-                states = [RequestState.from_json(v) for _, v in self.requests.items()]
             plan = plan_sweep(
-                states,
+                list(self.states.values()),
                 now_ms=now_ms,
                 timeout_s=self.cfg.request_timeout_s,
                 retention_s=self.cfg.request_retention_s,
             )
-            await self.sink.write(request_blocks(plan.emissions))
-            for e in plan.emissions:
-                self.put_state(state_key(e.state.tenant, e.state.request_id), e.state)
+            if plan.emissions:
+                group, topic = self.cfg.app_id, self.cfg.topics.usage
+                await self.sink.write(request_blocks(plan.emissions))
+                rows = [
+                    state_row(group, SCOPE, topic, e.state.partition,
+                              state_key(e.state.tenant, e.state.request_id),
+                              json.dumps(e.state.to_json()), open_=False)
+                    for e in plan.emissions
+                ]  # fmt: skip
+                await self.sink.write([self.store.block(rows)])
+                for e in plan.emissions:
+                    self.states[state_key(e.state.tenant, e.state.request_id)] = e.state
             for st in plan.purge:
-                self.requests.delete(state_key(st.tenant, st.request_id), partition=st.partition)
-            if housekeeping:
-                for eid, raw in self.seen.items():
-                    mark = SeenMark.from_json(raw)
-                    if not is_live(mark, now_ms=now_ms, ttl_s=self.cfg.dedupe_ttl_s):
-                        self.seen.delete(eid, partition=mark.partition)
-            self.metrics.open_requests.set(len(index))
+                self.states.pop(state_key(st.tenant, st.request_id), None)
+            self.metrics.open_requests.set(sum(1 for s in self.states.values() if not s.closed))
         count_emissions(self.metrics, plan.emissions)
-
-    def housekeeping_interval_ms(self) -> int:
-        # Expiry runs at a twentieth of the shortest retention: marks and states live at
-        # most 5% past their TTL, and the full scans stay rare.
-        shortest = min(self.cfg.dedupe_ttl_s, self.cfg.request_retention_s)
-        return int(max(self.cfg.sweep_interval_s, min(shortest / 20, 3600.0)) * 1000)
 
     def update_lag(self, events: Sequence[Any]) -> None:
         last: dict[Any, int] = {}
@@ -330,48 +331,47 @@ def register(worker: Worker) -> Ingest:
     app = worker.app
     policy = worker.config.batch_policy
     worker.extras["ingest"] = ingest
+    worker.extras["ingest_order"] = ingest.gate.order
 
     @app.task
     async def connect_sink() -> None:
         with contextlib.suppress(SinkStopped):
             await worker.sink.start()
 
-    order = worker.extras["ingest_order"] = in_order(app, "ingest_usage")
-
     @app.agent(ingest.source, concurrency=1, name="ingest_usage")
     async def ingest_usage(stream: Any) -> None:
         async for batch in stream.noack_take(policy.max_size, within=policy.max_wait_s):
             if ingest.draining:
                 return  # stopping: leave these unacknowledged for the next worker
-            # records delivered ahead of their turn are held back (never acknowledged)
-            events = await order.admit(list(batch))
-            if not events:
-                continue
             ingest.idle.clear()
             try:
+                # recovery on assignment, applied records skipped, offset order kept
+                events = await ingest.gate.admit(stream, list(batch))
+                if not events:
+                    continue
                 # Shielded: a cancellation does not interrupt a ClickHouse write half-way.
                 await asyncio.shield(ingest.process(events))
                 await ack_all(stream, events)
                 ingest.update_lag(events)
             except SinkStopped:
-                # Shutdown during a ClickHouse outage: leave the batch unacknowledged (the
-                # next worker reads it again) and end.
-                log.warning("sink stopped; %d records left unacknowledged", len(events))
+                # Shutdown during a ClickHouse outage: leave the batch unacknowledged and
+                # unrecorded (the next worker applies it from the progress of record).
+                log.warning("sink stopped; %d records left unacknowledged", len(batch))
                 return
             finally:
                 ingest.idle.set()
 
     @app.on_partitions_revoked.connect
     async def finish_batch_before_revoke(app: Any, revoked: Any, **_: Any) -> None:
-        # Let the batch in flight finish its state writes before another worker owns the
+        # Let the batch in flight record its effects before another worker owns the
         # partitions (the app does not wait for unacked records, see app.py).
         async with ingest.lock:
             pass
 
     @app.timer(worker.config.sweep_interval_s)
     async def sweep_requests() -> None:
-        if app.rebalancing or not app.tables.recovery.completed.is_set():
-            return  # the state is being recovered: deciding timeouts now would be premature
+        if app.rebalancing or ingest.gate.generation != app.consumer_generation_id:
+            return  # not recovered for this assignment yet: timeouts would be premature
         await ingest.sweep()
 
     worker.extras["ingest_agent"] = ingest_usage

@@ -1,15 +1,20 @@
 """Agent ``price_usage``: usage-by-tenant topic -> priced lines, budget alerts, budget state.
 
 Per batch (``noack_take``, concurrency 1; the topic is keyed by tenant, so one agent
-sees all of a tenant's events in order):
+sees all of a tenant's records in order), behind the :class:`~agents.effects.Gate`
+(progress of record, skip what is applied, offset order):
 
-1. price the batch against the recovered state (``pricing.batch.price_batch``, pure);
-2. write priced_lines and budget_alerts to ClickHouse (tokens from the offsets; ids
-   are deterministic, so a replay collapses in the ReplacingMergeTree tables);
-3. store tenant states and per-event records in changelog tables;
-4. send new budget alerts (then mark them sent) and budget-state records; records the
-   worker could not price go to the dead-letter topic and table;
-5. ack the batch.
+1. unpack the forward records (one per tenant and ingest batch) and price them against
+   the tenant states held in memory (``pricing.batch.price_batch``, pure);
+2. run the effects in order (``effects.apply_batch``): intent -> priced_lines,
+   budget_alerts, dead_letters -> alerts, budget-state records and dead letters to
+   Kafka -> tenant states + progress of record, in one insert;
+3. ack the batch.
+
+A batch in doubt after a crash (its intent is newer than its progress) is priced again
+from the recorded states; the lines it produced that are already stored are dropped by
+a lookup, so no rollup counts a line twice. An alert can be sent again (same
+``alert_id``), never lost.
 
 Configuration (environment): ``NODEMETER_PRICEBOOKS`` (file or directory; default the
 example set shipped in ``nodemeter_stream/pricing/examples``),
@@ -28,6 +33,7 @@ from a standby copy of the table) is a no-op.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -37,9 +43,9 @@ from typing import Any
 from prometheus_client import Counter
 
 from nodemeter.codec import encode_payload
-from nodemeter_stream.agents.tables import ChangelogMap
+from nodemeter_stream.agents.effects import Gate, apply_batch, spans_of
 from nodemeter_stream.app import Worker
-from nodemeter_stream.commit_guard import in_order
+from nodemeter_stream.ingest import forward
 from nodemeter_stream.ingest.decode import DeadLetter, Source
 from nodemeter_stream.ingest.rows import DEAD_LETTER_COLUMNS, dead_letter_row
 from nodemeter_stream.pricing import PricingEngine, load_config
@@ -57,9 +63,13 @@ from nodemeter_stream.pricing.records import (
     price_book_token,
 )
 from nodemeter_stream.sink.clickhouse import Block, ack_all
+from nodemeter_stream.sink.progress import state_row
+from nodemeter_stream.sink.state import StateStore
 from nodemeter_stream.sink.tokens import offsets_token
 
 log = logging.getLogger("nodemeter.pricing")
+
+SCOPE = "tenant"
 
 
 def engine_from_env() -> PricingEngine:
@@ -100,10 +110,15 @@ class Pricing:
         self.alerts_topic = app.topic(topics.budget_alerts, **raw)
         self.state_topic = app.topic(topics.budget_state, **raw)
         self.dlq = app.topic(topics.dlq, **raw)
-        table = {"partitions": cfg.partitions}  # values: JSON (the app default)
-        self.tenants = ChangelogMap(app.Table("pricing-tenant-state", **table))
-        self.seen = ChangelogMap(app.Table("pricing-priced-events", **table))
+        self.usage_topic = topics.usage
+        self.store = StateStore(self.sink, group=cfg.app_id)
+        self.tenants: dict[str, dict[str, Any]] = {}  # tenant -> state (this worker's)
+        self.tenant_partition: dict[str, int] = {}
         self.books_written = False
+        self.gate = Gate(
+            app, "price_usage", store=self.store, topic=topics.usage_by_tenant,
+            scopes=(SCOPE,), on_recover=self.recovered,
+        )  # fmt: skip
         r = worker.metrics.registry
         self.m_lines = Counter("nodemeter_priced_lines", "Priced lines written", registry=r)
         self.m_alerts = Counter("nodemeter_budget_alerts", "Budget alerts sent", registry=r)
@@ -111,6 +126,10 @@ class Pricing:
             "nodemeter_priced_events", "Usage events priced", ["kind"], registry=r
         )
         self.m_ticks = Counter("nodemeter_window_ticks", "Window ticks sent", registry=r)
+
+    def recovered(self, partitions: list[int], rows: list[Any]) -> None:
+        self.tenants = {r.key: json.loads(r.value) for r in rows}
+        self.tenant_partition = {r.key: r.partition for r in rows}
 
     async def write_price_books(self) -> None:
         rows = price_book_rows(self.engine.config)
@@ -125,72 +144,94 @@ class Pricing:
             ]
         )
 
+    def items(self, events: list[Any]) -> list[Item]:
+        """Forward records unpacked into one item per event; ticks as they are."""
+        out: list[Item] = []
+        for e in events:
+            m = e.message
+            doubt = self.gate.in_doubt(m.partition, m.offset)
+            value, key = e.value or b"", e.key or b""
+            if forward.is_forward(value):
+                try:
+                    entries = forward.decode(value)
+                except forward.ForwardError as exc:
+                    log.error("%s[%d]@%d: %s", m.topic, m.partition, m.offset, exc)
+                    out.append(Item(m.topic, m.partition, m.offset, key, value, doubt=doubt))
+                    continue
+                for en in entries:
+                    out.append(Item(m.topic, m.partition, m.offset, key, en.payload,
+                                    ingest=(self.usage_topic, en.partition, en.offset),
+                                    doubt=doubt))  # fmt: skip
+            else:
+                out.append(Item(m.topic, m.partition, m.offset, key, value, doubt=doubt))
+        return out
+
     async def process(self, events: list[Any]) -> BatchResult:
         if not self.books_written:
             # with the first batch, not in a task of its own: while ClickHouse is down
             # the agent waits in the sink like every other write, and stops cleanly
             await self.write_price_books()
             self.books_written = True
-        items = [
-            Item(
-                e.message.topic, e.message.partition, e.message.offset, e.key or b"", e.value or b""
-            )
-            for e in events
-        ]
-        sources = [Source(topic=i.topic, partition=i.partition, offset=i.offset) for i in items]
-        res = price_batch(
-            self.engine,
-            items,
-            get_state=self.tenants.get,
-            get_seen=self.seen.get,
-            seen_items=self.seen.items,
-        )
+        items = self.items(events)
+        sources = [Source(topic=e.message.topic, partition=e.message.partition,
+                          offset=e.message.offset) for e in events]  # fmt: skip
+        res = price_batch(self.engine, items, get_state=self.tenants.get)
+        lines = res.lines
+        if res.doubt_lines:
+            by_window: dict[tuple[str, str], list[str]] = {}
+            for ln in lines:
+                if ln.line_id in res.doubt_lines:
+                    by_window.setdefault((ln.tenant, ln.window_id), []).append(ln.line_id)
+            stored = await self.store.stored_lines(by_window)
+            if stored:
+                log.warning("batch in doubt: %d of its lines were stored before a crash; "
+                            "not inserting them again", len(stored))  # fmt: skip
+                lines = [ln for ln in lines if ln.line_id not in stored]
         dead = [self.dead_letter(r) for r in res.rejected]
-        await self.sink.write(
-            [
-                Block(table="priced_lines", columns=PRICED_LINE_COLUMNS,
-                      rows=[ln.row() for ln in res.lines], token=offsets_token("priced_lines", sources)),
-                Block(table="budget_alerts", columns=BUDGET_ALERT_COLUMNS,
-                      rows=[alert_row(a) for a in res.alerts], token=offsets_token("budget_alerts", sources)),
-                Block(table="dead_letters", columns=DEAD_LETTER_COLUMNS,
-                      rows=[dead_letter_row(d) for d in dead], token=offsets_token("pricing_dead_letters", sources)),
-            ]
-        )  # fmt: skip
-        # Alerts go out before the state that records them is stored: the two state
-        # tables are separate changelogs, and a crash that kept the tenant state (applied
-        # offset) but lost the seen record would otherwise never send the alert. This way
-        # a crash can only repeat an alert (same alert_id), never lose one.
-        marked: dict[str, int] = {}
-        for key, partition, alert in res.to_send:
-            k, v = encode_alert(alert)
-            # force=True: not attached to the current event (Faust would publish an attached
-            # message only when the batch is acked, after this await: a deadlock)
-            delivered = await self.alerts_topic.send(key=k, value=v, force=True)
-            await delivered  # on the broker before we record it as sent
-            marked[key] = partition
-        stored = [durable_put(self.tenants, t, st, p) for t, (p, st) in res.states.items()]
-        stored += [durable_put(self.seen, k, v, p) for k, (p, v) in res.seen.items()]
-        # On the broker before the batch may be acked: Faust's pre-commit flush gives up
-        # on its send buffer after 0.1 s, so a commit could otherwise overtake the state.
-        await asyncio.gather(*stored)
-        for d in dead:
-            await self.send_dead_letter(d)
-        for key, partition in marked.items():
-            # sent: a redelivery of these events need not send them again
-            rec = self.seen.get(key)
-            if rec is not None:
-                await durable_put(self.seen, key, {**rec, "alerts_sent": True}, partition)
-        for record in res.budget_records:
-            k, v = encode_budget_state(record)
-            await self.state_topic.send(key=k, value=v)
-        self.m_lines.inc(len(res.lines))
-        self.m_alerts.inc(len(res.to_send))
+        blocks = [
+            Block(table="priced_lines", columns=PRICED_LINE_COLUMNS,
+                  rows=[ln.row() for ln in lines], token=offsets_token("priced_lines", sources)),
+            Block(table="budget_alerts", columns=BUDGET_ALERT_COLUMNS,
+                  rows=[alert_row(a) for a in res.alerts], token=offsets_token("budget_alerts", sources)),
+            Block(table="dead_letters", columns=DEAD_LETTER_COLUMNS,
+                  rows=[dead_letter_row(d) for d in dead], token=offsets_token("pricing_dead_letters", sources)),
+        ]  # fmt: skip
+        group, topic = self.store.group, self.source.get_topic_name()
+        rows = [
+            state_row(group, SCOPE, topic, p, tenant, json.dumps(st), open_=True)
+            for tenant, (p, st) in res.states.items()
+        ]
+
+        async def send() -> None:
+            for alert in res.alerts:
+                k, v = encode_alert(alert)
+                # force=True: not attached to the current event (Faust would publish an
+                # attached message only when the batch is acked, after this: a deadlock)
+                fut = await self.alerts_topic.send(key=k, value=v, force=True)
+                await fut  # on the broker before the batch is recorded as applied
+            pending = [await self.send_dead_letter(d) for d in dead]
+            for record in res.budget_records:
+                k, v = encode_budget_state(record)
+                pending.append(await self.state_topic.send(key=k, value=v, force=True))
+            await asyncio.gather(*pending)
+
+        spans = spans_of(events)
+        await apply_batch(sink=self.sink, store=self.store, spans=spans, blocks=blocks,
+                          send=send, states=rows)  # fmt: skip
+        for tenant, (p, st) in res.states.items():
+            self.tenants[tenant] = st
+            self.tenant_partition[tenant] = p
+        self.gate.applied(spans)
+        self.m_lines.inc(len(lines))
+        self.m_alerts.inc(len(res.alerts))
         self.m_events.labels(kind="priced").inc(res.priced)
         self.m_events.labels(kind="duplicate").inc(res.duplicates)
         self.m_events.labels(kind="rejected").inc(len(res.rejected))
         log.info(
-            "priced batch records=%d priced=%d duplicates=%d rejected=%d lines=%d alerts_sent=%d",
-            len(events), res.priced, res.duplicates, len(res.rejected), len(res.lines), len(res.to_send),
+            "priced batch records=%d events=%d priced=%d duplicates=%d rejected=%d lines=%d "
+            "alerts_sent=%d",
+            len(events), len(items), res.priced, res.duplicates, len(res.rejected), len(lines),
+            len(res.alerts),
         )  # fmt: skip
         return res
 
@@ -198,7 +239,7 @@ class Pricing:
         """Send a WindowTick for every local tenant with a window due now; no pricing
         here (the tick is priced in order with the tenant's records)."""
         now = self.clock()
-        due = tenants_due(self.engine, self.tenants.items(), now)
+        due = tenants_due(self.engine, list(self.tenants.items()), now)
         for tenant in due:
             k, v = encode_tick(tenant, now)
             await self.source.send(key=k, value=v)
@@ -208,13 +249,15 @@ class Pricing:
         return due
 
     def dead_letter(self, r: Rejected) -> DeadLetter:
-        src = Source(topic=r.item.topic, partition=r.item.partition, offset=r.item.offset)
+        # a forwarded event's own position on the usage topic (one dead letter per record)
+        t, p, o = r.item.ingest or (r.item.topic, r.item.partition, r.item.offset)
+        src = Source(topic=t, partition=p, offset=o)
         return DeadLetter(
             reason=r.reason, detail=r.detail, source=src, key=r.item.key, payload=r.item.value,
             tenant=r.tenant, event_id=r.event_id,
         )  # fmt: skip
 
-    async def send_dead_letter(self, d: DeadLetter) -> None:
+    async def send_dead_letter(self, d: DeadLetter) -> Any:
         value = encode_payload(
             "dead_letter",
             {
@@ -225,16 +268,7 @@ class Pricing:
             },
         )  # fmt: skip
         headers = [("reason", d.reason.encode()), ("stage", b"pricing")]
-        await self.dlq.send(key=d.key or None, value=value, headers=headers)
-
-
-def durable_put(table: ChangelogMap, key: str, value: Any, partition: int) -> Any:
-    """``ChangelogMap.put``/``delete`` (``value=None``) returning the changelog send's future."""
-    if value is None:
-        table.table.data.pop(key, None)
-        return table.table.send_changelog(partition, key, None, value_serializer="raw")
-    table.table.data[key] = value
-    return table.table.send_changelog(partition, key, value)
+        return await self.dlq.send(key=d.key or None, value=value, headers=headers, force=True)
 
 
 def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
@@ -243,14 +277,14 @@ def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
     app, policy = worker.app, worker.config.batch_policy
     worker.extras["pricing"] = pricing
 
-    order = worker.extras["pricing_order"] = in_order(app, "price_usage")
+    worker.extras["pricing_order"] = pricing.gate.order
 
     @app.agent(pricing.source, concurrency=1, name="price_usage")
     async def price_usage(stream: Any) -> None:
         async for batch in stream.noack_take(policy.max_size, within=policy.max_wait_s):
-            # in offset order only: a record delivered ahead of its turn is held back and
-            # read again after the ones before it (the applied-offset watermark needs it)
-            events = await order.admit(list(batch))
+            # recovery on assignment, applied records skipped, offset order kept (the
+            # tenant states price a tenant's records in order)
+            events = await pricing.gate.admit(stream, list(batch))
             if not events:
                 continue
             # Shielded: a SIGTERM lets the batch in flight finish and be acknowledged.
@@ -262,8 +296,8 @@ def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
 
         @app.timer(interval)
         async def window_ticks() -> None:
-            if app.rebalancing or not app.tables.recovery.completed.is_set():
-                return  # the tenant states are being recovered
+            if app.rebalancing or pricing.gate.generation != app.consumer_generation_id:
+                return  # the tenant states are not recovered for this assignment yet
             await pricing.tick()
 
         worker.extras["pricing_ticks"] = window_ticks

@@ -105,6 +105,7 @@ class RequestState:
     end: EndPart | None = None
     closed_at_ms: int = 0  # 0 = open
     emitted_revision: int = 0
+    touched_ms: int = 0  # last time a record was merged (retention counts from here)
 
     @property
     def closed(self) -> bool:
@@ -137,6 +138,7 @@ class RequestState:
             "opened_at_ms": self.opened_at_ms,
             "closed_at_ms": self.closed_at_ms,
             "emitted_revision": self.emitted_revision,
+            "touched_ms": self.touched_ms,
             "end": None
             if self.end is None
             else {
@@ -191,6 +193,7 @@ class RequestState:
             opened_at_ms=int(d["opened_at_ms"]),
             closed_at_ms=int(d["closed_at_ms"]),
             emitted_revision=int(d["emitted_revision"]),
+            touched_ms=int(d.get("touched_ms") or d["opened_at_ms"]),
             parts=parts,
             end=None if end is None else EndPart(**end),
         )
@@ -217,11 +220,11 @@ def apply(
         # A second, different end record for the same request: keep the one with the
         # smaller event_id so the choice does not depend on arrival order.
         if state.end is not None and record.event_id > state.end.event_id:
-            return state
-        return replace(state, end=EndPart.of(record))
+            return replace(state, touched_ms=max(state.touched_ms, now_ms))
+        return replace(state, end=EndPart.of(record), touched_ms=max(state.touched_ms, now_ms))
     parts = dict(state.parts)
     parts[record.event_id] = SpanPart.of(record)
-    return replace(state, parts=parts)
+    return replace(state, parts=parts, touched_ms=max(state.touched_ms, now_ms))
 
 
 # --- the merged record -----------------------------------------------------------------
@@ -377,5 +380,5 @@ def purgeable(state: RequestState, *, now_ms: int, retention_s: float) -> bool:
     return (
         state.closed
         and state.revision <= state.emitted_revision
-        and now_ms - state.closed_at_ms >= retention_s * 1000
+        and now_ms - max(state.closed_at_ms, state.touched_ms) >= retention_s * 1000
     )

@@ -1,18 +1,19 @@
-"""Batching maths: what one batch of source records turns into, and its insert tokens.
+"""Batching maths: what one batch of source records turns into.
 
 ``plan_batch`` is the whole decision for a batch, pure: dead letters, first-seen
 events, duplicates, the request states to store and the request records to write.
-The wiring executes a plan in a fixed order: ClickHouse inserts (each tagged with a
-deterministic ``insert_deduplication_token``) -> state tables -> forwards -> acks.
+The wiring executes a plan in a fixed order (``agents.effects``): intent -> ClickHouse
+inserts (each tagged with a deterministic ``insert_deduplication_token``) -> forwards
+-> states with the progress of record, in one insert -> acks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from nodemeter.events import UsageEvent
 from nodemeter_stream.ingest.decode import Accepted, Classified, DeadLetter
-from nodemeter_stream.ingest.dedupe import split_fresh
 from nodemeter_stream.ingest.merge import Emission, RequestState, apply, due, purgeable, state_key
 
 
@@ -33,51 +34,86 @@ class BatchPolicy:
         return size >= self.max_size or (size > 0 and age_s >= self.max_wait_s)
 
 
+Position = tuple[str, int, int]  # (topic, partition, offset) of a source record
+
+
 @dataclass(slots=True)
 class BatchPlan:
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    fresh: list[Accepted] = field(default_factory=list)
+    fresh: list[Accepted] = field(default_factory=list)  # first seen: merged and forwarded
     duplicates: list[Accepted] = field(default_factory=list)
+    # fresh events whose usage row a previous attempt of this batch already stored
+    # (found by the lookup): merged and forwarded again, not inserted again
+    already_stored: set[tuple[str, str]] = field(default_factory=set)
     states: dict[str, RequestState] = field(default_factory=dict)
     emissions: list[Emission] = field(default_factory=list)
+
+    def usage_to_insert(self) -> list[tuple[UsageEvent, Accepted]]:
+        return [
+            (a.record, a)
+            for a in self.fresh
+            if isinstance(a.record, UsageEvent)
+            and (a.record.tenant, a.record.event_id) not in self.already_stored
+        ]
+
+
+def needs_lookup(event_time_ms: int, *, now_ms: int, window_s: float, skew_s: float) -> bool:
+    """Whether only ClickHouse can tell if this event was stored before.
+
+    The worker keeps every request it touched within ``window_s`` (open, or closed and
+    kept for the retention) in memory, and recovers them on assignment. An earlier copy
+    of an event (same event time) was ingested at or after its event time, less the
+    clock skew the SDK allows; its request was touched then and is still held while
+    ``now < event_time - skew + window``. Older events are looked up.
+    """
+    return event_time_ms < now_ms - int((window_s - skew_s) * 1000)
 
 
 def plan_batch(
     items: Sequence[Classified],
     *,
-    is_seen: Callable[[str], bool],
     get_state: Callable[[str], RequestState | None],
+    stored: Mapping[tuple[str, str], Position],
     now_ms: int,
     timeout_s: float,
 ) -> BatchPlan:
+    """The whole decision for a batch (pure).
+
+    ``get_state`` answers from the requests held in memory; ``stored`` maps (tenant,
+    event_id) to the source position that stored the event, for the events the agent
+    looked up (see :func:`needs_lookup`). An event is a duplicate when an earlier record
+    of the batch, its request's state or another source record holds it; stored by
+    *this* record (a batch re-applied after a crash) it is fresh but not inserted again.
+    Dedupe is per tenant: the same id under another tenant is a different event.
+    """
     plan = BatchPlan()
-    accepted: list[Accepted] = []
-    for item in items:
-        if isinstance(item, DeadLetter):
-            plan.dead_letters.append(item)
-        else:
-            accepted.append(item)
-    split = split_fresh(accepted, event_id=lambda a: a.record.event_id, is_seen=is_seen)
-    plan.fresh, plan.duplicates = split.fresh, split.duplicates
+    in_batch: set[tuple[str, str]] = set()
 
     def state_of(key: str) -> RequestState | None:
         return plan.states[key] if key in plan.states else get_state(key)
 
-    tagged = [(a, False) for a in plan.fresh] + [(a, True) for a in plan.duplicates]
-    for acc, duplicate in tagged:
-        rec = acc.record
+    for item in items:
+        if isinstance(item, DeadLetter):
+            plan.dead_letters.append(item)
+            continue
+        rec = item.record
+        ident = (rec.tenant, rec.event_id)
         key = state_key(rec.tenant, rec.request_id)
         state = state_of(key)
-        if duplicate and (state is None or state.has(rec.event_id)):
-            # Stored before and already merged (or merged into a state since purged: the
-            # wiring stores a batch's states before its dedupe marks, so a mark without
-            # a state means the state was purged, never that a crash lost it).
-            # A stored duplicate that a crash kept out of a live state is merged again:
-            # merging is idempotent, so this only ever fills a gap.
+        if ident in in_batch or (state is not None and state.has(rec.event_id)):
+            plan.duplicates.append(item)
             continue
-        plan.states[key] = apply(state, rec, now_ms=now_ms, partition=acc.source.partition)
-    for key, state in list(plan.states.items()):
-        emission = due(state, now_ms=now_ms, timeout_s=timeout_s)
+        src = stored.get(ident)
+        if src is not None:
+            if src != (item.source.topic, item.source.partition, item.source.offset):
+                plan.duplicates.append(item)
+                continue
+            plan.already_stored.add(ident)
+        in_batch.add(ident)
+        plan.fresh.append(item)
+        plan.states[key] = apply(state, rec, now_ms=now_ms, partition=item.source.partition)
+    for key, st in list(plan.states.items()):
+        emission = due(st, now_ms=now_ms, timeout_s=timeout_s)
         if emission is not None:
             plan.emissions.append(emission)
             plan.states[key] = emission.state

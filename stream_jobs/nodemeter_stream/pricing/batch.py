@@ -1,11 +1,12 @@
 """Price a batch of records from the usage-by-tenant topic against stored state (pure).
 
-The agent reads a batch, calls :func:`price_batch` with lookups into its changelog
-tables, then, in this order: writes ``result.lines`` and ``result.alerts`` to ClickHouse
-(acknowledged), stores ``result.states`` and ``result.seen`` in the tables, sends the
-alerts not sent before and the budget-state records, and only then acks the batch. A
-crash anywhere replays the batch against the state from before it (or after it, if
-the tables were already written): either way the same lines and alerts come out.
+The agent reads a batch, unpacks the forward records (one per tenant and ingest batch,
+``ingest.forward``) into :class:`Item` s, calls :func:`price_batch` with the tenant
+states it holds, then runs the effects in order (``agents.effects.apply_batch``):
+priced lines and alerts to ClickHouse, alerts and budget-state records to Kafka, and
+the new tenant states with the progress of record in one insert. A crash anywhere
+re-applies the batch from the states recorded with the last progress: the same lines
+(those already stored are dropped by a lookup) and the same alert ids come out.
 
 Records are usage events (priced), request ends (skipped) and window ticks (the agent's
 timer appends one for a tenant with a window due, :func:`tenants_due`; it settles the
@@ -15,8 +16,7 @@ windows due, ``PricingEngine.advance``). Anything else is rejected.
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,7 +28,6 @@ from nodemeter_stream.pricing.engine import (
     Outcome,
     PricingEngine,
     new_state,
-    seen_key,
     tick_id,
 )
 from nodemeter_stream.pricing.errors import PricingError
@@ -37,11 +36,18 @@ from nodemeter_stream.pricing.lines import PricedLine
 
 @dataclass(frozen=True, slots=True)
 class Item:
+    """One record to price: a usage event forwarded by the ingest agent (``ingest`` is
+    its position on the usage topic) or a window tick (``ingest`` None). ``topic``,
+    ``partition``, ``offset`` are the usage-by-tenant record it came in; ``doubt``: that
+    record belongs to a batch that may have been partly stored before a crash."""
+
     topic: str
     partition: int
     offset: int
     key: bytes
     value: bytes
+    ingest: tuple[str, int, int] | None = None
+    doubt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,58 +62,19 @@ class Rejected:
 @dataclass(slots=True)
 class BatchResult:
     lines: list[PricedLine] = field(default_factory=list)  # unique by line_id
-    alerts: list[BudgetAlert] = field(default_factory=list)  # to store (new and re-emitted)
-    to_send: list[tuple[str, int, BudgetAlert]] = field(
-        default_factory=list
-    )  # (seen key, partition, alert)
+    alerts: list[BudgetAlert] = field(default_factory=list)  # to store and send
+    # line ids produced by records in doubt (the agent drops those already stored)
+    doubt_lines: set[str] = field(default_factory=set)
     states: dict[str, tuple[int, dict[str, Any]]] = field(
         default_factory=dict
     )  # tenant -> (partition, state)
-    seen: dict[str, tuple[int, Any]] = field(
-        default_factory=dict
-    )  # key -> (partition, record | None)
     budget_records: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     priced: int = 0
     duplicates: int = 0
 
 
-class _Overlay(MutableMapping[str, Any]):
-    """The engine's ``seen`` map: reads fall through to the table, writes stay here
-    until the batch is stored (then the agent writes them with their partition)."""
-
-    def __init__(self, get: Callable[[str], Any], items: Callable[[], Any], partition: int) -> None:
-        self._get, self._items = get, items
-        self.partition = partition
-        self.writes: dict[str, tuple[int, Any]] = {}
-
-    def __getitem__(self, key: str) -> Any:
-        if key in self.writes:
-            value = self.writes[key][1]
-            if value is None:
-                raise KeyError(key)
-            return value
-        value = self._get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.writes[key] = (self.partition, value)
-
-    def __delitem__(self, key: str) -> None:
-        self.writes[key] = (self.partition, None)
-
-    def _keys(self) -> list[str]:
-        keys = {k for k, _ in self._items()}
-        keys |= {k for k, (_, v) in self.writes.items() if v is not None}
-        return sorted(k for k in keys if self.writes.get(k, (0, True))[1] is not None)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys())
-
-    def __len__(self) -> int:
-        return len(self._keys())
+INGESTED = "ingested"  # tenant state key: usage-topic partition -> last offset priced
 
 
 def price_batch(
@@ -115,17 +82,23 @@ def price_batch(
     items: list[Item],
     *,
     get_state: Callable[[str], Any],
-    get_seen: Callable[[str], Any],
-    seen_items: Callable[[], Any],
 ) -> BatchResult:
+    """Price ``items`` in order against the tenant states ``get_state`` returns (pure;
+    the stored states are not modified: the result holds the new ones).
+
+    The ingest agent forwards each first-seen event once, and again only when it
+    re-applies a batch after a crash; the tenant state keeps, per usage-topic
+    partition, the last offset priced, so such a repeat is skipped exactly
+    (``duplicates``). Pricing is deterministic given the state and the order, so a
+    batch re-applied from the same state gives the same lines and alert ids.
+    """
     result = BatchResult()
     states: dict[str, dict[str, Any]] = {}
     partitions: dict[str, int] = {}
     budget_keys: dict[str, set[str]] = {}
-    overlay = _Overlay(get_seen, seen_items, 0)
+    seen: dict[str, Any] = {}  # the engine's per-event memo, for this batch only
     lines: dict[str, PricedLine] = {}
     alerts: dict[str, BudgetAlert] = {}
-    to_send: dict[str, tuple[str, int, BudgetAlert]] = {}
     for item in items:
         try:
             name, payload = decode_payload(item.value)
@@ -150,26 +123,33 @@ def price_batch(
             event_id = tick_id((item.partition, item.offset))
         if tenant not in states:
             stored = get_state(tenant)
-            # deep copy: the table's value must stay as it was until the batch is stored
+            # deep copy: the stored value must stay as it was until the batch is stored
             states[tenant] = copy.deepcopy(stored) if stored is not None else new_state(tenant)
             budget_keys[tenant] = set()
-        partitions[tenant] = item.partition
-        overlay.partition = item.partition
         state = states[tenant]
-        snapshot = json.dumps(state)
-        source = (item.partition, item.offset)
+        ingested = state.setdefault(INGESTED, {})
+        if item.ingest is not None:
+            _, ip, io = item.ingest
+            if io <= ingested.get(str(ip), -1):
+                result.duplicates += 1  # priced before this batch was re-applied
+                continue
+        partitions[tenant] = item.partition
         try:
             out: Outcome
+            # The engine raises before it changes the state (unknown tenant, a window
+            # past its retention), so nothing of a rejected record stays.
             if name == "usage_event":
-                out = engine.process(state, overlay, record, source=source)
+                out = engine.process(state, seen, record)
             else:
-                out = engine.advance(state, overlay, as_of, source=source)
+                out = engine.advance(state, seen, as_of)
         except (PricingError, InvalidUsageError) as exc:
-            states[tenant] = json.loads(snapshot)  # nothing of a rejected record stays
             result.rejected.append(
                 Rejected(item, getattr(exc, "reason", "unpriceable"), str(exc), tenant, event_id)
             )
             continue
+        finally:
+            if item.ingest is not None:
+                ingested[str(item.ingest[1])] = item.ingest[2]
         if out.duplicate:
             result.duplicates += 1
         else:
@@ -177,17 +157,13 @@ def price_batch(
         budget_keys[tenant] |= out.budget_keys
         for ln in out.lines:
             lines[ln.line_id] = ln
-        key = seen_key(tenant, event_id)  # a tick's: see PricingEngine.advance
-        rec = overlay.get(key)
+            if item.doubt:
+                result.doubt_lines.add(ln.line_id)
         for a in out.alerts:
             alerts[a.alert_id] = a
-            if rec is not None and not rec.get("alerts_sent"):
-                to_send[a.alert_id] = (key, item.partition, a)
     result.lines = list(lines.values())
     result.alerts = list(alerts.values())
-    result.to_send = list(to_send.values())
     result.states = {t: (partitions[t], s) for t, s in states.items() if t in partitions}
-    result.seen = overlay.writes
     for tenant, state in states.items():
         result.budget_records += engine.budget_records(state, budget_keys[tenant])
     return result

@@ -1,0 +1,145 @@
+"""The one place that runs a batch's effects in order, and the gate in front of it.
+
+Per batch (:func:`apply_batch`), like a checkpoint's named steps:
+
+1. **intent**: a worker_state row per source partition (``first..last`` being applied);
+2. **write**: the effect blocks, each with an offset-derived insert token;
+3. **send**: Kafka records (forwards, alerts, dead letters), awaited on the broker;
+4. **record**: the agent's new states and the progress rows, in *one* insert;
+5. then the caller acks the batch (Faust may commit; an optimisation only).
+
+:class:`Gate` stands in front of an agent: on every new assignment it reads the
+progress of record of the agent's partitions (and hands the stored states to the
+agent), skips records already applied, marks those in doubt, and keeps each partition
+in offset order (:class:`~nodemeter_stream.commit_guard.InOrder`, rewinding to the
+first record not applied, whatever Faust committed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from nodemeter_stream.commit_guard import InOrder, in_order
+from nodemeter_stream.sink.clickhouse import Block, ClickHouseSink, ack_all
+from nodemeter_stream.sink.progress import (
+    INTENT,
+    PROGRESS,
+    PartitionProgress,
+    StateRow,
+    intent_rows,
+    progress_rows,
+    ranges,
+    recover,
+)
+from nodemeter_stream.sink.state import StateStore
+
+log = logging.getLogger("nodemeter.effects")
+
+Spans = dict[tuple[str, int], tuple[int, int]]
+
+
+def spans_of(events: Sequence[Any]) -> Spans:
+    return ranges((e.message.topic, e.message.partition, e.message.offset) for e in events)
+
+
+async def apply_batch(
+    *,
+    sink: ClickHouseSink,
+    store: StateStore,
+    spans: Spans,
+    blocks: Sequence[Block],
+    send: Callable[[], Awaitable[None]] | None,
+    states: Sequence[Sequence[object]],
+) -> None:
+    """Steps 1-4 of a batch (see the module docstring); returns once all are stored."""
+    await sink.write([store.block(intent_rows(store.group, spans))])
+    await sink.write(blocks)
+    if send is not None:
+        await send()
+    await sink.write([store.block([*states, *progress_rows(store.group, spans)])])
+
+
+class Gate:
+    """Recovery on assignment, skip-applied and in-order admission for one agent."""
+
+    def __init__(
+        self,
+        app: Any,
+        name: str,
+        *,
+        store: StateStore,
+        topic: str,
+        scopes: Sequence[str],
+        on_recover: Callable[[list[int], list[StateRow]], None],
+        retention_s: float = 0,
+    ) -> None:
+        self.app, self.name, self.store, self.topic = app, name, store, topic
+        self.scopes = tuple(scopes)
+        self.on_recover = on_recover
+        self.retention_s = retention_s
+        self.order: InOrder = in_order(app, name)
+        self.progress: dict[int, PartitionProgress] = {}
+        self.generation: Any = object()
+        self.recoveries = 0
+        self.last_recovery_s = 0.0
+
+    def assigned(self) -> list[int]:
+        return sorted(
+            tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.topic
+        )
+
+    async def recover(self) -> None:
+        t0 = time.perf_counter()
+        parts = self.assigned()
+        rows = await self.store.load(
+            self.topic, parts, scopes=(PROGRESS, INTENT, *self.scopes), retention_s=self.retention_s
+        )
+        found = recover(rows)
+        self.progress = {p: found.get((self.topic, p), PartitionProgress()) for p in parts}
+        start: dict[Any, int] = {}
+        for tp in self.app.consumer.assignment():
+            if tp.topic == self.topic:
+                pp = self.progress[tp.partition]
+                if pp.applied >= 0:
+                    start[tp] = pp.applied + 1
+        self.order.start_at = start
+        self.order.expected.clear()
+        self.on_recover(parts, [r for r in rows if r.scope in self.scopes])
+        self.recoveries += 1
+        self.last_recovery_s = time.perf_counter() - t0
+        log.info(
+            "%s: recovered partitions %s from ClickHouse in %.3f s (%d state rows): %s",
+            self.name, parts, self.last_recovery_s, len(rows),
+            {p: (pp.applied, pp.doubt_until) for p, pp in self.progress.items()},
+        )  # fmt: skip
+
+    async def admit(self, stream: Any, events: list[Any]) -> list[Any]:
+        """The records of ``events`` to apply now, in order; applied ones are acked."""
+        gen = self.app.consumer_generation_id
+        if gen != self.generation or any(e.message.partition not in self.progress for e in events):
+            await self.recover()
+            self.generation = gen
+        skip, keep = [], []
+        for e in events:
+            pp = self.progress.get(e.message.partition)
+            if pp is not None and e.message.offset <= pp.applied:
+                skip.append(e)
+            else:
+                keep.append(e)
+        if skip:
+            await ack_all(stream, skip)
+        return await self.order.admit(keep)
+
+    def in_doubt(self, partition: int, offset: int) -> bool:
+        pp = self.progress.get(partition)
+        return pp is not None and pp.classify(offset) == "doubt"
+
+    def applied(self, spans: Spans) -> None:
+        """Record (in memory) that these ranges are stored."""
+        for (_, p), (_, last) in spans.items():
+            pp = self.progress.get(p, PartitionProgress())
+            doubt = pp.doubt_until if pp.doubt_until > last else -1
+            self.progress[p] = PartitionProgress(applied=max(pp.applied, last), doubt_until=doubt)
