@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -13,6 +14,7 @@ from nodemeter_stream.ingest.merge import RequestState
 from nodemeter_stream.ingest.plan import (
     BatchPlan,
     BatchPolicy,
+    needs_lookup,
     plan_batch,
     plan_sweep,
 )
@@ -52,21 +54,28 @@ def items(raws: list[bytes], *, partition: int = 0, start: int = 0) -> list[Clas
 
 
 class FakeStore:
-    """Stands in for the state tables: marks and states applied after a 'write'."""
+    """A fake of the worker's memory and of ClickHouse's event index: states and stored
+    positions applied after a 'write' (the batch's effects)."""
 
     def __init__(self) -> None:
-        self.seen: set[str] = set()
+        self.stored: dict[tuple[str, str], tuple[str, int, int]] = {}
         self.states: dict[str, RequestState] = {}
 
     def commit(self, plan: BatchPlan) -> None:
-        self.seen.update(a.record.event_id for a in plan.fresh)
+        for rec, a in plan.usage_to_insert():
+            self.stored[(rec.tenant, rec.event_id)] = (
+                a.source.topic,
+                a.source.partition,
+                a.source.offset,
+            )
         self.states.update(plan.states)
 
-    def plan(self, batch: list[Classified], now_ms: int = 1000, timeout_s: float = 60) -> BatchPlan:
+    def plan(self, batch: list[Classified], now_ms: int = 1000, timeout_s: float = 60, *,
+             looked_up: bool = True) -> BatchPlan:  # fmt: skip
         return plan_batch(
             batch,
-            is_seen=self.seen.__contains__,
             get_state=self.states.get,
+            stored=self.stored if looked_up else {},
             now_ms=now_ms,
             timeout_s=timeout_s,
         )
@@ -87,30 +96,48 @@ def test_plan_splits_dead_letters_fresh_and_duplicates_and_closes_complete_reque
     assert emission.record.complete and emission.record.quantities["input_tokens"] == 1
 
 
-def test_replay_after_a_crash_before_marks_were_stored_gives_the_same_plan() -> None:
+def test_a_batch_re_applied_after_a_crash_is_fresh_but_not_inserted_again() -> None:
     store = FakeStore()
     batch = items([encode_record(ev("r1", "a")), encode_record(ev("r1", "b"))])
     first = store.plan(batch)
-    # crash: ClickHouse has the rows, the tables do not -> the replay plans the same rows
+    # crash after the usage rows were stored, before the states were recorded: the
+    # lookup finds the rows stored by these very records
+    for rec, a in first.usage_to_insert():
+        store.stored[(rec.tenant, rec.event_id)] = ("u", 0, a.source.offset)
     again = store.plan(batch)
     assert [a.record.event_id for a in again.fresh] == [a.record.event_id for a in first.fresh]
+    assert again.usage_to_insert() == [] and again.states == first.states
     store.commit(again)
-    # replay after the marks were stored: nothing fresh, nothing new to merge
+    # the same records once the states are recorded: duplicates, nothing to merge
     after = store.plan(batch)
-    assert after.fresh == [] and len(after.duplicates) == 2
-    assert after.states == {}
+    assert after.fresh == [] and len(after.duplicates) == 2 and after.states == {}
 
 
-def test_stored_duplicate_missing_from_a_live_state_is_merged_again() -> None:
+def test_an_event_stored_by_another_record_is_a_duplicate() -> None:
     store = FakeStore()
-    a, b = ev("r1", "a", 3), ev("r1", "b", 4)
-    store.commit(store.plan(items([encode_record(a)])))
-    # marks for b survived a crash, the state update did not
-    store.seen.add(b.event_id)
-    plan = store.plan(items([encode_record(b), encode_record(end("r1", 2))]))
-    (emission,) = plan.emissions
-    assert emission.record.quantities["input_tokens"] == 7
-    assert plan.fresh and all(x.record.event_id != b.event_id for x in plan.fresh)
+    a = ev("r1", "a", 3)
+    store.commit(store.plan(items([encode_record(a)], start=0)))
+    store.states.clear()  # the request left memory (retention); only ClickHouse knows
+    plan = store.plan(items([encode_record(a)], start=50))
+    assert plan.fresh == [] and len(plan.duplicates) == 1
+    # without the lookup the plan would take it for new: the agent looks up old events
+    assert len(store.plan(items([encode_record(a)], start=50), looked_up=False).fresh) == 1
+
+
+def test_dedupe_is_per_tenant() -> None:
+    store = FakeStore()
+    mine = ev("r1", "a")
+    theirs = dataclasses.replace(mine, tenant="globex")  # same event id, another tenant
+    store.commit(store.plan(items([encode_record(mine)])))
+    plan = store.plan(items([encode_record(theirs)], start=10))
+    assert [a.record.tenant for a in plan.fresh] == ["globex"] and plan.duplicates == []
+
+
+def test_needs_lookup_only_for_events_older_than_memory_holds() -> None:
+    now = 10_000_000
+    assert not needs_lookup(now - 1_000, now_ms=now, window_s=600, skew_s=300)
+    assert needs_lookup(now - 301_000, now_ms=now, window_s=600, skew_s=300)
+    assert needs_lookup(now, now_ms=now, window_s=200, skew_s=300)  # window < skew: always
 
 
 def test_sweep_times_out_open_requests_and_purges_old_closed_ones() -> None:

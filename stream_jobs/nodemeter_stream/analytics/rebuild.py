@@ -41,6 +41,11 @@ ROLLUPS: tuple[Rollup, ...] = (
     Rollup("usage_hourly", "usage_hourly_mv", "usage_events"),
 )
 
+# Views on the base tables that feed an index, not a rollup: no money or usage is summed
+# in them, so reconcile and rebuild leave them alone (the worker's dedupe index, one row
+# per stored event, sql/migrations/040_worker_state.sql).
+INDEXES: tuple[Rollup, ...] = (Rollup("event_index", "event_index_mv", "usage_events"),)
+
 
 @dataclass(frozen=True)
 class RebuildResult:
