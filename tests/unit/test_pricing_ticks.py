@@ -2,7 +2,7 @@
 
 ``PricingEngine.advance`` (a tick at ``as_of``), ``price_batch`` with WindowTick items,
 and the timer's decision ``tenants_due`` (pure) and its sending (``Pricing.tick``,
-without Faust: stub table and topic).
+without Faust: the tenant states in memory, a stub topic).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry, Counter
 
 from nodemeter.codec import decode_payload, encode_payload, encode_record
 from nodemeter.events import Meters, UsageEvent
-from nodemeter_stream.agents.tables import ChangelogMap
 from nodemeter_stream.pricing import PricedLine, PricingEngine, new_state, parse_documents
 from nodemeter_stream.pricing.batch import BatchResult, Item, price_batch, tenants_due
 from nodemeter_stream.pricing.engine import seen_key
@@ -171,36 +170,27 @@ def tick_item(tenant: str, as_of: datetime, partition: int, offset: int) -> Item
 
 
 def event_item(ev: UsageEvent, partition: int, offset: int) -> Item:
-    return Item("t", partition, offset, ev.tenant.encode(), encode_record(ev))
+    # forwarded by the ingest agent: its position on the usage topic (partition 7)
+    return Item("t", partition, offset, ev.tenant.encode(), encode_record(ev),
+                ingest=("usage", 7, offset))  # fmt: skip
 
 
-class Tables:
-    """The agent's two changelog tables, stored (or not) after a batch."""
+def doubtful(items: list[Item]) -> list[Item]:
+    return [Item(i.topic, i.partition, i.offset, i.key, i.value, ingest=i.ingest, doubt=True)
+            for i in items]  # fmt: skip
+
+
+class States:
+    """The agent's tenant states, stored (with the progress) after a batch, or not."""
 
     def __init__(self) -> None:
         self.tenants: dict[str, Any] = {}
-        self.seen: dict[str, Any] = {}
 
     def price(self, eng: PricingEngine, items: list[Item]) -> BatchResult:
-        return price_batch(
-            eng, items, get_state=self.tenants.get, get_seen=self.seen.get,
-            seen_items=lambda: list(self.seen.items()),
-        )  # fmt: skip
+        return price_batch(eng, items, get_state=self.tenants.get)
 
-    def store(self, res: BatchResult, *, state: bool = True, seen: bool = True) -> None:
-        if state:
-            self.tenants.update({t: copy.deepcopy(s) for t, (_, s) in res.states.items()})
-        if seen:
-            for k, (_, v) in res.seen.items():
-                if v is None:
-                    self.seen.pop(k, None)
-                else:
-                    self.seen[k] = copy.deepcopy(v)
-
-    def mark_sent(self, res: BatchResult) -> None:
-        """What the agent does once the broker acknowledged the alerts."""
-        for key, _, _ in res.to_send:
-            self.seen[key] = {**self.seen[key], "alerts_sent": True}
+    def store(self, res: BatchResult) -> None:
+        self.tenants.update({t: copy.deepcopy(s) for t, (_, s) in res.states.items()})
 
 
 def october_items() -> list[Item]:
@@ -208,68 +198,52 @@ def october_items() -> list[Item]:
     return [event_item(ev, 0, i) for i, ev in enumerate(evs)]
 
 
-def test_price_batch_settles_on_a_tick_and_sends_its_alert_once() -> None:
-    eng, tables = engine(keep_lines=False), Tables()
-    first = tables.price(eng, october_items())
-    tables.store(first)
-    tables.mark_sent(first)
-    assert [a.threshold_percent for _, _, a in first.to_send] == [50]
+def test_price_batch_settles_on_a_tick() -> None:
+    eng, states = engine(keep_lines=False), States()
+    first = states.price(eng, october_items())
+    states.store(first)
+    assert [a.threshold_percent for a in first.alerts] == [50]
     assert "settlement" not in {ln.line_kind for ln in first.lines}  # quiet: nothing closes
 
     tick = tick_item("a", OCT_END + GRACE, 0, 2)
-    res = tables.price(eng, [tick])
+    res = states.price(eng, [tick])
     assert res.priced == 1 and not res.rejected and not res.duplicates
     assert [ln.line_kind for ln in res.lines] == ["settlement"]
     assert total(first.lines + res.lines) == D("1.90")
-    assert [(k, p, a.threshold_percent) for k, p, a in res.to_send] == [
-        (seen_key("a", "tick:0:2"), 0, 100)
-    ]
+    assert [a.threshold_percent for a in res.alerts] == [100]
     assert res.states["a"][0] == 0 and res.budget_records  # budget state goes out too
-
-    # crash before the alert was marked sent (tables stored): redelivery re-sends it, same id
-    tables.store(res)
-    again = tables.price(eng, [tick])
-    assert again.duplicates == 1 and not again.lines
-    assert [a.alert_id for _, _, a in again.to_send] == [a.alert_id for _, _, a in res.to_send]
-    # marked sent: a redelivery stores the alert again (idempotent) but does not send it
-    tables.mark_sent(again)
-    third = tables.price(eng, [tick])
-    assert third.duplicates == 1 and not third.to_send
-    assert [a.alert_id for a in third.alerts] == [a.alert_id for _, _, a in res.to_send]
-    # the next tick finds nothing due
-    later = tables.price(eng, [tick_item("a", OCT_END + 3 * GRACE, 0, 3)])
-    assert later.priced == 1 and not later.lines and not later.to_send
+    states.store(res)
+    # redelivered once its state is stored: nothing is due any more
+    again = states.price(eng, [tick])
+    assert again.priced == 1 and not again.lines and not again.alerts
+    later = states.price(eng, [tick_item("a", OCT_END + 3 * GRACE, 0, 3)])
+    assert later.priced == 1 and not later.lines and not later.alerts
 
 
-def test_price_batch_tick_replays_identically_when_only_one_table_was_stored() -> None:
-    eng = engine(keep_lines=False)
+def test_price_batch_tick_replays_identically_when_its_state_was_not_stored() -> None:
+    eng, states = engine(keep_lines=False), States()
+    states.store(states.price(eng, october_items()))
     tick = tick_item("a", OCT_END + GRACE, 0, 2)
-    outcomes = []
-    for state, seen in ((False, False), (False, True), (True, False), (True, True)):
-        tables = Tables()
-        tables.store(tables.price(eng, october_items()))
-        res = tables.price(eng, [tick])
-        tables.store(res, state=state, seen=seen)  # then the worker died: not acked
-        replay = tables.price(eng, [tick])
-        outcomes.append(({ln.line_id: ln.amount for ln in res.lines + replay.lines}, state))
-        assert {ln.line_id for ln in replay.lines} <= {ln.line_id for ln in res.lines}
-        if not state:  # the state of the tick was lost: priced again, the same lines
-            assert view(replay.lines) == view(res.lines)
-    assert len({json.dumps(sorted((k, str(v)) for k, v in o.items())) for o, _ in outcomes}) == 1
+    res = states.price(eng, [tick])  # then the worker died before the state was stored
+    replay = states.price(eng, doubtful([tick]))
+    assert view(replay.lines) == view(res.lines) and res.lines
+    assert [a.alert_id for a in replay.alerts] == [a.alert_id for a in res.alerts]
+    assert replay.doubt_lines == {ln.line_id for ln in res.lines}  # looked up, not re-inserted
+    assert replay.states == res.states
 
 
 def test_price_batch_mixes_ticks_and_events_and_rejects_unknown_records() -> None:
-    eng, tables = engine(), Tables()
+    eng, states = engine(), States()
     bogus = Item("t", 0, 3, b"a", encode_payload("window_tick", {"tenant": "a", "as_of": T0})[:-1])
     alert = Item("t", 0, 4, b"a", _budget_alert_bytes())
     items = [*october_items(), tick_item("a", OCT_END + GRACE, 0, 2), bogus, alert]
     items.append(event_item(event(5, t=OCT_END + 2 * GRACE, api_calls=10), 0, 5))
-    res = tables.price(eng, items)
+    res = states.price(eng, items)
     assert res.priced == 4
     assert sorted(r.reason for r in res.rejected) == ["truncated", "unknown_schema"]
     kinds = [ln.line_kind for ln in res.lines]
     assert kinds == ["usage", "credit", "usage", "settlement", "usage", "credit"]
-    assert res.states["a"][1]["applied"] == {"0": 5}
+    assert res.states["a"][1]["ingested"] == {"7": 5}
 
 
 def _budget_alert_bytes() -> bytes:
@@ -287,16 +261,14 @@ def _budget_alert_bytes() -> bytes:
 @given(
     st.lists(st.tuples(st.booleans(), st.integers(1, 80)), min_size=2, max_size=20),
     st.integers(1, 5),
-    st.dictionaries(
-        st.integers(0, 19), st.sampled_from(["state", "seen", "both", "none"]), max_size=3
-    ),
+    st.sets(st.integers(0, 19), max_size=3),
 )
 def test_ticks_keep_a_crash_anywhere_harmless(
-    steps: list[tuple[bool, int]], size: int, crash: dict[int, str]
+    steps: list[tuple[bool, int]], size: int, crash: set[int]
 ) -> None:
     """Events (a day apart, from October into November) and ticks (at the last event's
-    time + 2 days) in one partition; a run that dies between the table writes and
-    replays from the last ack gives the lines and alerts of a run without crashes, and
+    time + 2 days) in one partition; a run that dies before a batch's state is stored
+    and re-applies it (in doubt) gives the lines and alerts of a run without crashes, and
     the windows a close_all of that state would settle are already settled."""
     items: list[Item] = []
     t = T0
@@ -308,30 +280,31 @@ def test_ticks_keep_a_crash_anywhere_harmless(
             items.append(event_item(event(i, t=t, custom={"pages": q}), 0, i))
     batches = [items[k : k + size] for k in range(0, len(items), size)]
 
-    def run(crash: dict[int, str]) -> tuple[dict[str, Decimal], set[str], Tables]:
-        eng, tables = engine(keep_lines=False), Tables()
+    def run(crash: set[int]) -> tuple[dict[str, Decimal], set[str], States]:
+        eng, states = engine(keep_lines=False), States()
         lines: dict[str, Decimal] = {}
         alerts: set[str] = set()
-        i, crashed = 0, set()
+        i, crashed, in_doubt = 0, set(), False
         while i < len(batches):
-            res = tables.price(eng, batches[i])
-            lines.update({ln.line_id: ln.amount for ln in res.lines})
+            batch = doubtful(batches[i]) if in_doubt else batches[i]
+            res = states.price(eng, batch)
+            for ln in res.lines:
+                assert lines.get(ln.line_id, ln.amount) == ln.amount  # same id, same amount
+                lines[ln.line_id] = ln.amount
             alerts |= {a.alert_id for a in res.alerts}
-            what = crash.get(i) if i not in crashed else None
-            tables.store(
-                res, state=what in ("state", "both", None), seen=what in ("seen", "both", None)
-            )
-            if what is not None:
+            if i in crash and i not in crashed:
                 crashed.add(i)
+                in_doubt = True
                 continue
-            i += 1
-        return lines, alerts, tables
+            states.store(res)
+            i, in_doubt = i + 1, False
+        return lines, alerts, states
 
-    clean_lines, clean_alerts, tables = run({})
+    clean_lines, clean_alerts, states = run(set())
     lines, alerts, _ = run(crash)
     assert lines == clean_lines and alerts == clean_alerts
     # whatever the ticks settled is what close_all would have settled by then
-    state = copy.deepcopy(tables.tenants["a"])
+    state = copy.deepcopy(states.tenants["a"])
     wm = datetime.fromisoformat(state["watermark"])
     eng = engine()
     assert not eng.due(state, wm)
@@ -365,11 +338,6 @@ class _Topic:
         self.sent.append((key, value))
 
 
-class _Table:
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-
 def test_pricing_tick_sends_one_window_tick_per_due_tenant_keyed_by_tenant() -> None:
     from nodemeter_stream.agents.pricing import Pricing
 
@@ -378,7 +346,7 @@ def test_pricing_tick_sends_one_window_tick_per_due_tenant_keyed_by_tenant() -> 
     now = OCT_END + timedelta(days=1)
     pricing = Pricing.__new__(Pricing)  # no Faust app: only what tick() uses
     pricing.engine, pricing.clock = eng, lambda: now
-    pricing.tenants = ChangelogMap(_Table({"a": quiet, "b": new_state("b")}))
+    pricing.tenants = {"a": quiet, "b": new_state("b")}
     pricing.source = _Topic()  # type: ignore[assignment]
     pricing.m_ticks = Counter("ticks", "t", registry=CollectorRegistry())
     assert asyncio.run(pricing.tick()) == ["a"]

@@ -42,15 +42,14 @@ def item(tenant: str, offset: int) -> Item:
         node_id="db.query", span_id="s1", event_time=datetime(2026, 11, 2, tzinfo=UTC),
         meters=Meters(api_calls=3),
     )  # fmt: skip
-    return Item("usage-by-tenant", 0, offset, tenant.encode(), encode_record(ev))
+    # forwarded by the ingest agent from the usage topic (partition 2, offset 100 + n)
+    return Item("usage-by-tenant", 0, offset, tenant.encode(), encode_record(ev),
+                ingest=("usage", 2, 100 + offset))  # fmt: skip
 
 
 def run(cfg: Any, items: list[Item]) -> Any:
-    table: dict[str, Any] = {}
-    return price_batch(
-        PricingEngine(cfg), items, get_state=table.get, get_seen=table.get,
-        seen_items=lambda: table.items(),
-    )  # fmt: skip
+    states: dict[str, Any] = {}
+    return price_batch(PricingEngine(cfg), items, get_state=states.get)
 
 
 def test_default_policy_prices_unlisted_tenants_with_the_defaults() -> None:
@@ -71,6 +70,24 @@ def test_reject_policy_dead_letters_unlisted_tenants_and_prices_listed_ones() ->
     assert "unknown_tenants: reject" in res.rejected[0].detail
     assert {ln.tenant for ln in res.lines} == {"acme"}
     assert res.priced == 1
+
+
+def test_the_dead_letter_of_a_rejected_event_names_its_usage_topic_position() -> None:
+    from nodemeter_stream.agents.pricing import Pricing
+
+    res = run(config("reject"), [item("acme", 0), item("umbrella", 1)])
+    (rejected,) = res.rejected
+    pricing = Pricing.__new__(Pricing)  # no Faust app: only what dead_letter() uses
+    dl = pricing.dead_letter(rejected)
+    assert (dl.source.topic, dl.source.partition, dl.source.offset) == ("usage", 2, 101)
+    assert (dl.reason, dl.tenant, dl.key) == ("unknown_tenant", "umbrella", b"umbrella")
+    assert dl.payload == item("umbrella", 1).value and dl.event_id == rejected.event_id
+    # its ingest offset counts as handled: forwarded again, it is a duplicate, not rejected
+    again = price_batch(
+        PricingEngine(config("reject")), [item("umbrella", 1)],
+        get_state={t: s for t, (_, s) in res.states.items()}.get,
+    )  # fmt: skip
+    assert again.duplicates == 1 and not again.rejected
 
 
 def test_a_bad_policy_is_a_clear_load_error() -> None:
