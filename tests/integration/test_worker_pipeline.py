@@ -231,6 +231,7 @@ def test_100k_events_with_duplicates_and_malformed_are_stored_exactly(
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_sigkill_mid_batch_then_restart_loses_nothing_and_counts_nothing_twice(
     kafka_bootstrap: str, topics: Any, tmp_path: Path
 ) -> None:
@@ -312,6 +313,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing_and_counts_nothing_twice(
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_records_delivered_out_of_order_are_read_again_not_committed_past(
     kafka_bootstrap: str, topics: Any, tmp_path: Path
 ) -> None:
@@ -343,6 +345,7 @@ def test_records_delivered_out_of_order_are_read_again_not_committed_past(
     assert {(t, r, n): int(x) for t, r, n, x in nodes} == expected
 
 
+@pytest.mark.fault
 def test_clickhouse_outage_pauses_consumption_and_nothing_is_lost(
     kafka_bootstrap: str, topics: Any, tmp_path: Path
 ) -> None:
@@ -391,6 +394,7 @@ def test_clickhouse_outage_pauses_consumption_and_nothing_is_lost(
     assert {(t, r, n): int(x) for t, r, n, x in nodes} == expected
 
 
+@pytest.mark.fault
 def test_sigterm_mid_stream_stores_and_commits_the_batch_in_flight(
     kafka_bootstrap: str, topics: Any, tmp_path: Path
 ) -> None:
