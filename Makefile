@@ -12,6 +12,7 @@ NATIVE_SRC := $(wildcard producers/native/Cargo.toml producers/native/Cargo.lock
 NATIVE  ?= auto
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml $(NATIVE_SRC) | cksum | cut -d' ' -f1)-native-$(NATIVE)
 PYTEST_ARGS ?=
+K       ?= 10
 
 .DEFAULT_GOAL := help
 
@@ -39,7 +40,7 @@ $(STAMP): pyproject.toml $(NATIVE_SRC)
 	fi
 	@rm -f $(VENV)/.installed-* && touch $@
 
-.PHONY: help setup browser demo test test-fast check fmt kafka-up kafka-down bench clean
+.PHONY: help setup browser demo test test-fast torture check fmt kafka-up kafka-down bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +60,9 @@ test: $(STAMP) browser ## the whole test suite, fault tests included
 
 test-fast: $(STAMP) ## quick loop: everything but the slow integration and fault tests
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+torture: $(STAMP) ## the fault tests K times (K=10) with one core kept busy; logs: .nodemeter/torture/
+	$(BIN)/python bench/torture.py --loops $(K) -- $(PYTEST_ARGS)
 
 check: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
