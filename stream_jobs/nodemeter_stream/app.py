@@ -1,8 +1,8 @@
 """The Faust app of the stream worker and its typed configuration.
 
-``build_app(config)`` returns a :class:`Worker` context: the ``faust.App`` (store
-``memory://``; every table is backed by a changelog topic, which is the recoverable
-state), the topics, the ClickHouse sink and the metrics. Agents live in the modules
+``build_app(config)`` returns a :class:`Worker` context: the ``faust.App`` (no tables:
+the recoverable state and the progress of record live in ClickHouse, see
+``sink.progress``), the topics, the ClickHouse sink and the metrics. Agents live in the modules
 named by :data:`AGENT_MODULES`; each exposes ``register(worker: Worker) -> None`` and
 is imported by ``build_app``. No agent runs with ``concurrency > 1``: Faust could
 commit an offset past a message another actor has not finished.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nodemeter.errors import ConfigError
-from nodemeter_stream.commit_guard import guard_topics
+from nodemeter_stream.commit_guard import SCHEME, guard_topics, register_transport
 from nodemeter_stream.ingest.dedupe import DEFAULT_TTL_S
 from nodemeter_stream.ingest.plan import BatchPolicy
 from nodemeter_stream.sink.store import ClickHouseConfig
@@ -164,9 +164,10 @@ def faust_app(config: WorkerConfig) -> Any:
 
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the leaf
 
+    register_transport()  # the aiokafka transport with gap-free commits (commit_guard)
     return faust.App(
         config.app_id,
-        broker=[f"kafka://{b.strip()}" for b in config.bootstrap.split(",")],
+        broker=[f"{SCHEME}://{b.strip()}" for b in config.bootstrap.split(",")],
         store="memory://",
         datadir=f"{config.data_dir}/{config.app_id}-data",
         topic_partitions=config.partitions,

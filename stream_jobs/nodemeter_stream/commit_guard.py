@@ -11,13 +11,16 @@ nobody processed. Seen here: a restarted worker got offset 3242 first where 3125
 committed, and committed past 3125..3241 (its SIGKILL test lost events when the crashed
 worker had not stored them; a passing run crawled one offset per commit for 2 minutes).
 
+Since the progress of record lives in ClickHouse (``sink.progress``), a commit that runs
+ahead can no longer lose anything: a restarted agent starts after what is stored. The
+guard stays so that committed offsets (lag metrics, "caught up" checks) tell the truth.
 Our source topics are written by non-transactional producers and never compacted, so an
 offset jump on them means records were not delivered, never a real gap. For the topics
-named with :func:`guard_topics`:
+named with :func:`guard_topics`, :class:`GuardedConsumer` (one subclass of
+faust-streaming's aiokafka consumer, registered as the ``nodemeter://`` transport):
 
 * ``_add_gap`` logs the jump and counts nothing as acknowledged;
-* ``_new_offset`` commits nothing while the committed record itself is unacknowledged
-  (safety: a commit never passes an unprocessed record);
+* ``_new_offset`` commits nothing while the committed record itself is unacknowledged;
 * each agent processes its partitions strictly in offset order (:class:`InOrder`): a
   record ahead of its turn is held back and the partition rewound to the record that is
   due; a timer seeks again where a rewind brought nothing, and where records are behind
@@ -37,11 +40,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from faust.transport.drivers import TRANSPORTS
+from faust.transport.drivers.aiokafka import Consumer as _AIOKafkaConsumer
+from faust.transport.drivers.aiokafka import Transport as _AIOKafkaTransport
+
 log = logging.getLogger("nodemeter.commits")
 
 _GAPLESS: set[str] = set()
-_installed = False
-ORIGINALS: dict[str, Any] = {}  # Faust's own methods, as they were before install()
+# faust-streaming's URL scheme for the guarded transport (app.py builds broker URLs with it)
+SCHEME = "nodemeter"
 
 
 def head_missing(acked: Sequence[int], committed: int | None) -> bool:
@@ -50,47 +57,48 @@ def head_missing(acked: Sequence[int], committed: int | None) -> bool:
 
 
 def guard_topics(*topics: str) -> None:
-    """Guard the commits of these topics (idempotent; installs the hooks once)."""
+    """Guard the commits of these topics (idempotent); register the transport."""
     _GAPLESS.update(topics)
-    install()
+    register_transport()
 
 
 def guarded(topic: str) -> bool:
     return topic in _GAPLESS
 
 
-def install() -> None:
-    """Wrap ``_add_gap`` and ``_new_offset`` of Faust's consumer (for guarded topics only)."""
-    global _installed
-    if _installed:
-        return
-    from faust.transport.consumer import Consumer
+class GuardedConsumer(_AIOKafkaConsumer):  # type: ignore[misc]
+    """faust-streaming's aiokafka consumer, with gap-free commits on guarded topics.
 
-    original_add_gap = ORIGINALS["_add_gap"] = Consumer._add_gap
-    original_new_offset = ORIGINALS["_new_offset"] = Consumer._new_offset
+    Written against faust-streaming 0.15.3 (pinned in pyproject.toml; upstream issues
+    #216, #221, #606): the two methods below override private ones of that version, and
+    tests/unit/test_commit_guard.py runs them on Faust's own bookkeeping."""
 
-    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         if not guarded(tp.topic):
-            await original_add_gap(self, tp, offset_from, offset_to)
+            await _AIOKafkaConsumer._add_gap(self, tp, offset_from, offset_to)
             return
         log.warning(
             "offsets %d..%d of %s[%d] were not delivered in order (a record prefetched "
             "before a seek?); they are not counted as processed and will be read again",
-            offset_from,
-            offset_to,
-            tp.topic,
-            tp.partition,
-        )
+            offset_from, offset_to, tp.topic, tp.partition,
+        )  # fmt: skip
 
-    def _new_offset(self: Any, tp: Any) -> int | None:
+    def _new_offset(self, tp: Any) -> int | None:
         if guarded(tp.topic) and head_missing(self._acked[tp], self._committed_offset[tp]):
             return None
-        result: int | None = original_new_offset(self, tp)
+        result: int | None = _AIOKafkaConsumer._new_offset(self, tp)
         return result
 
-    Consumer._add_gap = _add_gap  # type: ignore[method-assign]
-    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
-    _installed = True
+
+class Transport(_AIOKafkaTransport):  # type: ignore[misc]
+    """The ``nodemeter://`` broker transport: aiokafka with :class:`GuardedConsumer`."""
+
+    Consumer = GuardedConsumer
+
+
+def register_transport() -> None:
+    """Make ``nodemeter://host:port`` broker URLs use :class:`Transport`."""
+    TRANSPORTS.aliases.setdefault(SCHEME, f"{__name__}:Transport")
 
 
 async def seek(consumer: Any, tp: Any, offset: int) -> None:

@@ -2,7 +2,7 @@
 
 ``FakeConsumerState`` holds only the bookkeeping attributes that Faust's
 ``Consumer._add_gap`` / ``_new_offset`` read and write; the methods themselves are
-faust-streaming's own (before the guard: ``commit_guard.ORIGINALS``) or the guarded ones.
+faust-streaming's own (``faust_own``) or the guarded subclass's (``GuardedConsumer``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,13 @@ def guarded_topic() -> None:
 
 
 def faust_method(name: str) -> Any:
-    from faust.transport.consumer import Consumer
+    """The method as the worker's transport has it (guarded)."""
+    return getattr(commit_guard.GuardedConsumer, name)
+
+
+def faust_own(name: str) -> Any:
+    """faust-streaming's own method (what the guard subclasses)."""
+    from faust.transport.drivers.aiokafka import Consumer
 
     return getattr(Consumer, name)
 
@@ -75,11 +81,11 @@ def test_faust_alone_commits_past_records_nobody_processed() -> None:
     tp = TP(PLAIN, 2)
     state = FakeConsumerState()
     state._committed_offset[tp] = 3125
-    asyncio.run(commit_guard.ORIGINALS["_add_gap"](state, tp, 3126, 3242))
+    asyncio.run(faust_own("_add_gap")(state, tp, 3126, 3242))
     state.ack(tp, 3242, 3243)
     # 3243: 3125..3242 count as done (the duplicate 3242, from the gap and the ack,
     # ends Faust's consecutive run there: the one-offset-per-commit crawl seen in logs)
-    assert commit_guard.ORIGINALS["_new_offset"](state, tp) == 3243
+    assert faust_own("_new_offset")(state, tp) == 3243
 
 
 def test_unguarded_topics_keep_faust_behaviour() -> None:
@@ -109,7 +115,7 @@ def test_guarded_topic_commits_normally_in_order() -> None:
     # a single missing head record: Faust's check alone (> 1) would let 13 pass
     state._committed_offset[tp] = 13
     state.ack(tp, 14, 15)
-    assert commit_guard.ORIGINALS["_new_offset"](state, tp) == 16
+    assert faust_own("_new_offset")(state, tp) == 16
     state2 = FakeConsumerState()
     state2._committed_offset[tp] = 13
     state2.ack(tp, 14, 15)
@@ -239,3 +245,10 @@ def test_in_order_goes_on_from_the_log_start_when_retention_deleted_the_head(
     assert [e.message.offset for e in kept] == [500, 501]
     consumer.ack(tp, 500, 501)
     assert faust_method("_new_offset")(consumer, tp) == 502
+
+
+def test_the_worker_app_uses_the_guarded_consumer() -> None:
+    from nodemeter_stream.app import WorkerConfig, faust_app
+
+    app = faust_app(WorkerConfig(bootstrap="127.0.0.1:1", app_id="guard-test"))
+    assert app.transport.Consumer is commit_guard.GuardedConsumer

@@ -100,11 +100,23 @@ class Gate:
         found = recover(rows)
         self.progress = {p: found.get((self.topic, p), PartitionProgress()) for p in parts}
         start: dict[Any, int] = {}
-        for tp in self.app.consumer.assignment():
-            if tp.topic == self.topic:
-                pp = self.progress[tp.partition]
-                if pp.applied >= 0:
-                    start[tp] = pp.applied + 1
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic != self.topic:
+                continue
+            pp = self.progress[tp.partition]
+            if pp.applied >= 0:
+                start[tp] = pp.applied + 1
+                continue
+            # Nothing recorded as stored: start at the log start, whatever Faust committed
+            # (a commit without a progress of record proves nothing: a worker stopped in
+            # a ClickHouse outage was seen committing records it never stored). What the
+            # group committed before is in doubt: re-applied with lookups, so a store
+            # written by a worker without progress rows is not counted twice.
+            start[tp] = (await consumer.earliest_offsets(tp)).get(tp) or 0
+            committed = consumer._committed_offset.get(tp)
+            if committed is not None and committed - 1 > pp.doubt_until:
+                self.progress[tp.partition] = PartitionProgress(-1, committed - 1)
         self.order.start_at = start
         self.order.expected.clear()
         self.on_recover(parts, [r for r in rows if r.scope in self.scopes])

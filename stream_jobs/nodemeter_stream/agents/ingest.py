@@ -77,8 +77,11 @@ class Ingest:
         self.dlq = app.topic(topics.dlq, **raw)
         self.by_tenant = app.topic(topics.usage_by_tenant, **raw)
         self.store = StateStore(self.sink, group=self.cfg.app_id)
-        # requests touched within the retention: key -> state (open or closed)
+        # requests touched within the retention: key -> state (open or closed); the open
+        # ones also in ``open`` (the sweep's timeouts look at those only)
         self.states: dict[str, RequestState] = {}
+        self.open: set[str] = set()
+        self._next_purge_ms = 0
         # Batches and the sweep timer both read-modify-write the states.
         self.lock = asyncio.Lock()
         # Set while no batch is being processed; a graceful stop sets ``draining`` (no
@@ -102,10 +105,17 @@ class Ingest:
     def recovered(self, partitions: list[int], rows: list[Any]) -> None:
         """The states of the assigned partitions, as of their progress of record."""
         self.states = {}
+        self.open = set()
         for r in rows:
-            state = RequestState.from_json(json.loads(r.value))
-            self.states[r.key] = state
-        self.metrics.open_requests.set(sum(1 for s in self.states.values() if not s.closed))
+            self.remember(r.key, RequestState.from_json(json.loads(r.value)))
+        self.metrics.open_requests.set(len(self.open))
+
+    def remember(self, key: str, state: RequestState) -> None:
+        self.states[key] = state
+        if state.closed:
+            self.open.discard(key)
+        else:
+            self.open.add(key)
 
     # --- one batch -------------------------------------------------------------------
 
@@ -188,7 +198,8 @@ class Ingest:
                 send=lambda: self.send(plan, now_ms),
                 states=rows,
             )
-            self.states.update(plan.states)
+            for key, st in plan.states.items():
+                self.remember(key, st)
             self.gate.applied(spans_of(events))
         self.count(plan)
         log.info(
@@ -254,15 +265,20 @@ class Ingest:
     # --- timer -----------------------------------------------------------------------
 
     async def sweep(self) -> None:
-        """Close timed-out requests; drop closed ones past the retention from memory."""
+        """Close timed-out requests; now and then drop closed ones past the retention."""
         now_ms = self.clock()
+        retention = self.cfg.request_retention_s
         async with self.lock:
+            purge = now_ms >= self._next_purge_ms
+            if purge:  # a full scan, at a twentieth of the retention (at most 5 % late)
+                self._next_purge_ms = now_ms + int(
+                    max(self.cfg.sweep_interval_s, retention / 20) * 1000
+                )
+            candidates = self.states.values() if purge else [self.states[k] for k in self.open]
             plan = plan_sweep(
-                list(self.states.values()),
-                now_ms=now_ms,
-                timeout_s=self.cfg.request_timeout_s,
-                retention_s=self.cfg.request_retention_s,
-            )
+                list(candidates), now_ms=now_ms, timeout_s=self.cfg.request_timeout_s,
+                retention_s=retention,
+            )  # fmt: skip
             if plan.emissions:
                 group, topic = self.cfg.app_id, self.cfg.topics.usage
                 await self.sink.write(request_blocks(plan.emissions))
@@ -274,10 +290,12 @@ class Ingest:
                 ]  # fmt: skip
                 await self.sink.write([self.store.block(rows)])
                 for e in plan.emissions:
-                    self.states[state_key(e.state.tenant, e.state.request_id)] = e.state
+                    self.remember(state_key(e.state.tenant, e.state.request_id), e.state)
             for st in plan.purge:
-                self.states.pop(state_key(st.tenant, st.request_id), None)
-            self.metrics.open_requests.set(sum(1 for s in self.states.values() if not s.closed))
+                key = state_key(st.tenant, st.request_id)
+                self.states.pop(key, None)
+                self.open.discard(key)
+            self.metrics.open_requests.set(len(self.open))
         count_emissions(self.metrics, plan.emissions)
 
     def update_lag(self, events: Sequence[Any]) -> None:
