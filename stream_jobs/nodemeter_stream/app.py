@@ -11,6 +11,7 @@ commit an offset past a message another actor has not finished.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import uuid
 from collections.abc import Callable, Mapping
@@ -20,7 +21,6 @@ from typing import Any
 
 from nodemeter.errors import ConfigError
 from nodemeter_stream.commit_guard import SCHEME, guard_topics, register_transport
-from nodemeter_stream.ingest.dedupe import DEFAULT_TTL_S
 from nodemeter_stream.ingest.plan import BatchPolicy
 from nodemeter_stream.sink.store import ClickHouseConfig
 from nodemeter_stream.topics import Topics
@@ -48,9 +48,10 @@ class WorkerConfig:
     app_id: str = "nodemeter-worker"
     batch_size: int = 2000
     batch_seconds: float = 1.0
-    dedupe_ttl_s: int = DEFAULT_TTL_S
     request_timeout_s: float = 300.0
-    request_retention_s: float = float(DEFAULT_TTL_S)
+    # requests kept in memory after their last record (dedupe of recent events, late
+    # spans as corrections); older events are looked up in ClickHouse's event_index
+    request_retention_s: float = 600.0
     sweep_interval_s: float = 5.0
     metrics_port: int = 0  # 0 = no HTTP endpoint
     session_timeout_s: float = 30.0
@@ -72,8 +73,6 @@ class WorkerConfig:
             raise ConfigError("partitions must be >= 1")
         if self.batch_size < 1 or self.batch_seconds <= 0:
             raise ConfigError("batch_size must be >= 1 and batch_seconds > 0")
-        if self.dedupe_ttl_s < 1:
-            raise ConfigError("dedupe_ttl_s must be >= 1")
         if self.request_timeout_s <= 0 or self.sweep_interval_s <= 0:
             raise ConfigError("request_timeout_s and sweep_interval_s must be > 0")
         if self.request_retention_s < self.request_timeout_s:
@@ -100,7 +99,6 @@ class WorkerConfig:
             "partitions": int,
             "batch_size": int,
             "batch_seconds": float,
-            "dedupe_ttl_s": int,
             "request_timeout_s": float,
             "request_retention_s": float,
             "sweep_interval_s": float,
@@ -122,6 +120,12 @@ class WorkerConfig:
                     values[name] = fn(raw)
                 except ValueError as exc:
                     raise ConfigError(f"NODEMETER_WORKER_{name.upper()}={raw!r}: {exc}") from exc
+        if os.environ.get("NODEMETER_WORKER_DEDUPE_TTL_S") is not None:
+            logging.getLogger("nodemeter.worker").warning(
+                "NODEMETER_WORKER_DEDUPE_TTL_S is no longer used: recent events are deduped "
+                "in memory (NODEMETER_WORKER_REQUEST_RETENTION_S), older ones against "
+                "ClickHouse's event_index (as long as usage_events keeps them)"
+            )
         agents = os.environ.get("NODEMETER_WORKER_AGENTS")
         if agents:
             values["agent_modules"] = tuple(

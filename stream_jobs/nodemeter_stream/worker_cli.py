@@ -30,9 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--partitions", type=int, help="partitions of the usage topic (default 4)")
     a("--batch-size", type=int, help="records per ClickHouse batch (default 2000)")
     a("--batch-seconds", type=float, help="max wait before a partial batch is written (1.0)")
-    a("--dedupe-ttl", type=int, dest="dedupe_ttl_s", help="dedupe TTL in seconds (7 days)")
     a("--request-timeout", type=float, dest="request_timeout_s", help="seconds (300)")
-    a("--request-retention", type=float, dest="request_retention_s", help="seconds (7 days)")
+    a(
+        "--request-retention",
+        type=float,
+        dest="request_retention_s",
+        help="seconds a request stays in memory after its last record (600)",
+    )
     a("--sweep-interval", type=float, dest="sweep_interval_s", help="seconds (5)")
     a("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
     a("--session-timeout", type=float, dest="session_timeout_s", help="seconds (30)")
@@ -83,7 +87,6 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         partitions=args.partitions,
         batch_size=args.batch_size,
         batch_seconds=args.batch_seconds,
-        dedupe_ttl_s=args.dedupe_ttl_s,
         request_timeout_s=args.request_timeout_s,
         request_retention_s=args.request_retention_s,
         sweep_interval_s=args.sweep_interval_s,

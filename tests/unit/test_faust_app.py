@@ -19,19 +19,19 @@ def test_from_env_reads_variables_and_overrides_win(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("NODEMETER_KAFKA_BOOTSTRAP", "k1:9092")
     monkeypatch.setenv("NODEMETER_TOPIC_PREFIX", "p.")
     monkeypatch.setenv("NODEMETER_WORKER_BATCH_SIZE", "123")
-    monkeypatch.setenv("NODEMETER_WORKER_DEDUPE_TTL_S", "864000")
+    monkeypatch.setenv("NODEMETER_WORKER_REQUEST_RETENTION_S", "900")
     monkeypatch.setenv("NODEMETER_WORKER_AGENTS", "ingest")
     cfg = WorkerConfig.from_env(batch_seconds=2.5, request_timeout_s=None)
     assert cfg.bootstrap == "k1:9092" and cfg.topics.usage == "p.nodemeter.usage.v1"
     assert cfg.batch_size == 123 and cfg.batch_seconds == 2.5
-    assert cfg.dedupe_ttl_s == 864000 and cfg.request_timeout_s == 300.0
+    assert cfg.request_retention_s == 900.0 and cfg.request_timeout_s == 300.0
     assert cfg.agent_modules == ("nodemeter_stream.agents.ingest",)
     assert cfg.topics.usage_by_tenant == "p.nodemeter.usage-by-tenant.v1"
 
 
-def test_defaults_keep_a_week_of_dedupe_and_every_agent() -> None:
+def test_defaults_keep_requests_past_their_timeout_and_every_agent() -> None:
     cfg = WorkerConfig(bootstrap="k:1")
-    assert cfg.dedupe_ttl_s >= 7 * 24 * 3600
+    assert cfg.request_retention_s >= cfg.request_timeout_s
     assert cfg.agent_modules == AGENT_MODULES
     assert AGENT_MODULES[0] == "nodemeter_stream.agents.ingest"
 
@@ -43,7 +43,6 @@ def test_defaults_keep_a_week_of_dedupe_and_every_agent() -> None:
         {"app_id": "has space"},
         {"batch_size": 0},
         {"batch_seconds": 0},
-        {"dedupe_ttl_s": 0},
         {"request_timeout_s": 100.0, "request_retention_s": 10.0},
         {"metrics_port": 70000},
         {"heartbeat_interval_s": 5.0, "session_timeout_s": 6.0},

@@ -113,7 +113,11 @@ class Gate:
             # a ClickHouse outage was seen committing records it never stored). What the
             # group committed before is in doubt: re-applied with lookups, so a store
             # written by a worker without progress rows is not counted twice.
-            start[tp] = (await consumer.earliest_offsets(tp)).get(tp) or 0
+            try:
+                start[tp] = (await consumer.earliest_offsets(tp)).get(tp) or 0
+            except Exception as exc:  # no broker answer: take what comes, said loudly
+                log.warning("%s[%d]: log start unknown (%r); starting at the first record "
+                            "delivered", tp.topic, tp.partition, exc)  # fmt: skip
             committed = consumer._committed_offset.get(tp)
             if committed is not None and committed - 1 > pp.doubt_until:
                 self.progress[tp.partition] = PartitionProgress(-1, committed - 1)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from nodemeter.events import UsageEvent
 from nodemeter_stream.ingest.decode import Accepted, Classified, DeadLetter
+from nodemeter_stream.ingest.dedupe import needs_lookup as needs_lookup
 from nodemeter_stream.ingest.merge import Emission, RequestState, apply, due, purgeable, state_key
 
 
@@ -55,18 +56,6 @@ class BatchPlan:
             if isinstance(a.record, UsageEvent)
             and (a.record.tenant, a.record.event_id) not in self.already_stored
         ]
-
-
-def needs_lookup(event_time_ms: int, *, now_ms: int, window_s: float, skew_s: float) -> bool:
-    """Whether only ClickHouse can tell if this event was stored before.
-
-    The worker keeps every request it touched within ``window_s`` (open, or closed and
-    kept for the retention) in memory, and recovers them on assignment. An earlier copy
-    of an event (same event time) was ingested at or after its event time, less the
-    clock skew the SDK allows; its request was touched then and is still held while
-    ``now < event_time - skew + window``. Older events are looked up.
-    """
-    return event_time_ms < now_ms - int((window_s - skew_s) * 1000)
 
 
 def plan_batch(
