@@ -14,6 +14,14 @@ encoding and the Kafka key in one call. They are the compiled extension
 accepts these schemas (``NATIVE`` is then True), else the Python functions here;
 both give the same bytes and raise the same errors (property tests check it).
 ``NODEMETER_NATIVE=0`` forces the Python path.
+
+The stream worker's decode path is here too: ``decode_record`` (``codec.decode_record``
+with usage events decoded by compiled code), and ``decode_usage_event`` /
+``decode_valid_usage_event``, which return a ``UsageEvent`` for the plain case and
+None for everything else (other records, odd or malformed bytes, and for the second
+any event ``events.validate_record`` might refuse), so that the caller's usual path,
+with its errors, handles those. ``NATIVE_DECODE`` says whether they run compiled
+code; without it they always return None.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import Any
 import nodemeter_schemas
 from nodemeter import events
 from nodemeter.codec import SINGLE_OBJECT_MAGIC, encode_record, record_key, schema_entry
+from nodemeter.codec import decode_record as python_decode_record
 from nodemeter.events import GpuSource, Meters, Record, RequestEnd, Status, UsageEvent
 
 log = logging.getLogger("nodemeter")
@@ -270,3 +279,58 @@ encode_with_key: Callable[[Record], Encoded] = (
     _native.encode if _native is not None else python_encode_with_key
 )
 """Encode a record validated earlier (no validation errors): (key, value)."""
+
+
+# --- the stream worker's decode path ------------------------------------------------------
+
+
+def python_decode_usage_event(data: bytes) -> UsageEvent | None:
+    """Without the compiled decoder: None, so that the caller takes its usual path."""
+    return None
+
+
+def native_decoder_settings() -> dict[str, Any]:
+    """What ``nodemeter_native.configure_decoder`` takes: the usage_event schemas read."""
+    return {
+        "usage_v1_head": SINGLE_OBJECT_MAGIC + schema_entry("usage_event", 1).fingerprint,
+        "usage_v2_head": SINGLE_OBJECT_MAGIC + schema_entry("usage_event", 2).fingerprint,
+        "latest_usage_version": nodemeter_schemas.latest_version("usage_event"),
+        "slow_decode": python_decode_record,
+    }
+
+
+def _load_native_decoder(native: ModuleType | None) -> ModuleType | None:
+    if native is None:
+        return None
+    if not hasattr(native, "configure_decoder"):
+        log.debug("nodemeter: nodemeter_native has no decoder (older build): Python decoder")
+        return None
+    try:
+        native.configure_decoder(**native_decoder_settings())
+    except Exception as exc:  # schemas newer than the compiled decoder
+        log.warning("nodemeter: compiled decoder does not match these schemas (%s): Python", exc)
+        return None
+    log.debug("nodemeter: compiled decoder nodemeter_native in use")
+    return native
+
+
+_native_decoder = _load_native_decoder(_native)
+NATIVE_DECODE: bool = _native_decoder is not None
+"""True when the decode functions below run compiled code."""
+
+decode_record: Callable[[bytes], Record] = (
+    _native_decoder.decode_record if _native_decoder is not None else python_decode_record
+)
+"""``codec.decode_record``: same records (==), same ``DecodeError``s; usage events compiled."""
+
+decode_usage_event: Callable[[bytes], UsageEvent | None] = (
+    _native_decoder.decode_usage_event if _native_decoder is not None else python_decode_usage_event
+)
+"""The ``UsageEvent`` ``codec.decode_record(data)`` gives, or None: decode it the usual way."""
+
+decode_valid_usage_event: Callable[[bytes], UsageEvent | None] = (
+    _native_decoder.decode_valid_usage_event
+    if _native_decoder is not None
+    else python_decode_usage_event
+)
+"""As ``decode_usage_event``, for events that pass ``events.validate_record`` only."""

@@ -15,6 +15,11 @@
 //! Fields are read straight from the dataclasses' `__slots__` (offsets taken
 //! from their member descriptors at `configure`, the exact class checked on
 //! every call): no attribute lookups, no Python code runs on the fast path.
+//!
+//! The decoder (`decode_*`, set up by `configure_decoder`) is the reverse for the
+//! stream worker: single-object usage_event v1/v2 bytes straight into a new
+//! `UsageEvent` (slots filled directly), optionally validated on the way; anything
+//! unusual gets None, and the Python decoder (`codec.decode_record`) has the say.
 
 use std::cell::RefCell;
 use std::os::raw::c_int;
@@ -525,7 +530,12 @@ impl Config {
     }
 
     /// Meter slot ``i``: an exact int within its limit.
-    unsafe fn put_quantity(&self, buf: &mut Vec<u8>, m: *mut ffi::PyObject, i: usize) -> Option<()> {
+    unsafe fn put_quantity(
+        &self,
+        buf: &mut Vec<u8>,
+        m: *mut ffi::PyObject,
+        i: usize,
+    ) -> Option<()> {
         let v = int(slot(m, self.meters[i]))?;
         if v < 0 || v > self.limits[i] {
             return None;
@@ -705,7 +715,483 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+// --- decoding: single-object bytes → UsageEvent (the stream worker's hot loop) --------
+
+/// CRC-64-AVRO fingerprints of the usage_event schemas the decoder below implements
+/// field by field; `configure_decoder` refuses schemas whose fingerprints differ.
+const USAGE_V1_FP: [u8; 8] = [0xdd, 0x5e, 0x02, 0xa8, 0xaf, 0xae, 0x7c, 0x85];
+const USAGE_V2_FP: [u8; 8] = [0x71, 0xcf, 0x07, 0x1f, 0x15, 0x0c, 0xfc, 0x2f];
+/// The enum symbols of those schemas, in order (the Python enums must list them so).
+const STATUS_SYMBOLS: [&str; 3] = ["OK", "ERROR", "PARTIAL"];
+const GPU_SYMBOLS: [&str; 3] = ["NONE", "MEASURED", "ESTIMATED"];
+
+struct Decoder {
+    cfg: &'static Config,
+    new_datetime: unsafe extern "C" fn(
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        *mut ffi::PyObject,
+        *mut ffi::PyTypeObject,
+    ) -> *mut ffi::PyObject,
+    datetime_type: *mut ffi::PyTypeObject,
+    utc: *mut ffi::PyObject,
+    slow_decode: Py<PyAny>,
+}
+
+// Only touched with the GIL held.
+unsafe impl Send for Decoder {}
+unsafe impl Sync for Decoder {}
+
+static DECODER: AtomicPtr<Decoder> = AtomicPtr::new(ptr::null_mut());
+
+fn check_symbols(
+    py: Python<'_>,
+    what: &str,
+    members: &[*mut ffi::PyObject],
+    symbols: &[&str],
+) -> PyResult<()> {
+    let mut given = Vec::new();
+    for &m in members {
+        let m = unsafe { Bound::from_borrowed_ptr(py, m) };
+        given.push(m.getattr("value")?.extract::<String>()?);
+    }
+    if given != symbols {
+        return Err(PyValueError::new_err(format!(
+            "{what} symbols {given:?} differ from the compiled decoder's {symbols:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// A class the decoder may fill itself: `object.__new__`, no `__post_init__`.
+fn check_plain_class(py: Python<'_>, cls: *mut ffi::PyTypeObject) -> PyResult<()> {
+    let cls = unsafe { Bound::from_borrowed_ptr(py, cls as *mut ffi::PyObject) };
+    let object_new = py
+        .import("builtins")?
+        .getattr("object")?
+        .getattr("__new__")?;
+    if !cls.getattr("__new__")?.is(&object_new) || cls.hasattr("__post_init__")? {
+        return Err(PyValueError::new_err(format!(
+            "{} is not a plain dataclass (own __new__ or __post_init__)",
+            cls.getattr("__name__")?
+        )));
+    }
+    Ok(())
+}
+
+/// Set up the decoder (after ``configure``, whose classes, enums and limits it uses).
+///
+/// ``usage_v1_head`` / ``usage_v2_head``: magic + fingerprint of the SDK's usage_event
+/// schemas v1 and v2; ``latest_usage_version``: the version records are read as.
+/// Refuses (ValueError) anything but the schemas compiled in; the SDK then keeps
+/// the Python decoder. ``slow_decode``: ``codec.decode_record``, for everything else.
+#[pyfunction]
+#[pyo3(signature = (*, usage_v1_head, usage_v2_head, latest_usage_version, slow_decode))]
+fn configure_decoder(
+    py: Python<'_>,
+    usage_v1_head: Vec<u8>,
+    usage_v2_head: Vec<u8>,
+    latest_usage_version: i64,
+    slow_decode: Py<PyAny>,
+) -> PyResult<()> {
+    let cfg = config()?;
+    let head = |fp: &[u8; 8]| [&[0xc3u8, 0x01][..], &fp[..]].concat();
+    if usage_v1_head != head(&USAGE_V1_FP) || usage_v2_head != head(&USAGE_V2_FP) {
+        return Err(PyValueError::new_err(
+            "usage_event schema fingerprints differ from the compiled decoder's",
+        ));
+    }
+    if latest_usage_version != 2 {
+        return Err(PyValueError::new_err(format!(
+            "usage_event v{latest_usage_version} is the latest; the compiled decoder reads into v2"
+        )));
+    }
+    check_symbols(py, "status", &cfg.status, &STATUS_SYMBOLS)?;
+    check_symbols(py, "gpu_source", &cfg.gpu, &GPU_SYMBOLS)?;
+    check_plain_class(py, cfg.usage_type)?;
+    check_plain_class(py, cfg.meters_type)?;
+    let api = unsafe { ffi::PyDateTimeAPI() };
+    if api.is_null() {
+        return Err(PyRuntimeError::new_err("datetime C API unavailable"));
+    }
+    let dec = Decoder {
+        cfg,
+        new_datetime: unsafe { (*api).DateTime_FromDateAndTime },
+        datetime_type: unsafe { (*api).DateTimeType },
+        utc: unsafe { ffi::PyDateTime_TimeZone_UTC() },
+        slow_decode,
+    };
+    // as in configure: an older decoder is leaked, not freed
+    DECODER.store(Box::into_raw(Box::new(dec)), Ordering::Release);
+    Ok(())
+}
+
+fn decoder() -> PyResult<&'static Decoder> {
+    let p = DECODER.load(Ordering::Acquire);
+    if p.is_null() {
+        return Err(PyRuntimeError::new_err(
+            "nodemeter_native.configure_decoder() was not called",
+        ));
+    }
+    Ok(unsafe { &*p })
+}
+
+/// An owned reference, released when dropped (so every early return cleans up).
+struct Owned(*mut ffi::PyObject);
+
+impl Owned {
+    /// A new reference, or None (the error cleared) when the call failed.
+    #[inline(always)]
+    unsafe fn new(p: *mut ffi::PyObject) -> Option<Owned> {
+        if p.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        Some(Owned(p))
+    }
+
+    #[inline(always)]
+    unsafe fn borrowed(p: *mut ffi::PyObject) -> Owned {
+        ffi::Py_INCREF(p);
+        Owned(p)
+    }
+
+    #[inline(always)]
+    fn into_ptr(self) -> *mut ffi::PyObject {
+        let p = self.0;
+        std::mem::forget(self);
+        p
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        unsafe { ffi::Py_DECREF(self.0) }
+    }
+}
+
+/// Moves ``value`` into the (empty) slot at ``offset`` of ``obj``.
+#[inline(always)]
+unsafe fn set_slot(obj: &Owned, offset: isize, value: Owned) {
+    *((obj.0 as *mut u8).offset(offset) as *mut *mut ffi::PyObject) = value.into_ptr();
+}
+
+/// A reader of the Avro body; None: not the plain case (truncated, odd encodings).
+struct Body<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Body<'a> {
+    /// A zigzag varint of at most 10 bytes (a 64-bit value; longer ones are left to fastavro).
+    #[inline(always)]
+    fn long(&mut self) -> Option<i64> {
+        let mut z: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let c = *self.b.get(self.i)?;
+            self.i += 1;
+            if shift == 63 {
+                if c > 1 {
+                    return None;
+                }
+                z |= (c as u64) << 63;
+                break;
+            }
+            z |= ((c & 0x7f) as u64) << shift;
+            if c & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        Some((z >> 1) as i64 ^ -((z & 1) as i64))
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.long()?).ok()?;
+        let end = self.i.checked_add(n)?;
+        let s = self.b.get(self.i..end)?;
+        self.i = end;
+        Some(s)
+    }
+
+    /// A str (strict UTF-8, as fastavro decodes) and its length in code points.
+    #[inline(always)]
+    unsafe fn text(&mut self) -> Option<(Owned, isize, &'a [u8])> {
+        let b = self.bytes()?;
+        let o = Owned::new(ffi::PyUnicode_DecodeUTF8(
+            b.as_ptr() as *const _,
+            b.len() as ffi::Py_ssize_t,
+            c"strict".as_ptr(),
+        ))?;
+        let n = ffi::PyUnicode_GET_LENGTH(o.0);
+        Some((o, n, b))
+    }
+
+    /// An enum index below ``n``.
+    #[inline(always)]
+    fn index(&mut self, n: usize) -> Option<usize> {
+        usize::try_from(self.long()?).ok().filter(|&k| k < n)
+    }
+}
+
+impl Decoder {
+    /// A str of at most ``max`` code points (``min`` at least) when validating.
+    #[inline(always)]
+    unsafe fn text(&self, r: &mut Body<'_>, check: bool, min: isize, max: isize) -> Option<Owned> {
+        let (o, n, _) = r.text()?;
+        if check && !(min..=max).contains(&n) {
+            return None;
+        }
+        Some(o)
+    }
+
+    /// A union [null, string]; the string within ``max`` code points when validating.
+    #[inline(always)]
+    unsafe fn opt_text(&self, r: &mut Body<'_>, check: bool, max: isize) -> Option<Owned> {
+        match r.long()? {
+            0 => Some(Owned::borrowed(ffi::Py_None())),
+            1 => self.text(r, check, 0, max),
+            _ => None,
+        }
+    }
+
+    /// A long within ``0..=max`` when validating.
+    #[inline(always)]
+    unsafe fn quantity(&self, r: &mut Body<'_>, check: bool, max: i64) -> Option<(Owned, i64)> {
+        let v = r.long()?;
+        if check && !(0..=max).contains(&v) {
+            return None;
+        }
+        Some((Owned::new(ffi::PyLong_FromLongLong(v))?, v))
+    }
+
+    /// An Avro map (blocks with positive counts) into a new dict of at most ``max_len``
+    /// entries when validating; ``entry`` reads one key/value pair.
+    #[inline(always)]
+    unsafe fn map<'a>(
+        &self,
+        r: &mut Body<'a>,
+        check: bool,
+        max_len: isize,
+        mut entry: impl FnMut(&mut Body<'a>) -> Option<(Owned, Owned)>,
+    ) -> Option<Owned> {
+        let d = Owned::new(ffi::PyDict_New())?;
+        loop {
+            let n = r.long()?;
+            if n == 0 {
+                break;
+            }
+            if n < 0 {
+                return None; // blocks with a byte size: left to fastavro
+            }
+            for _ in 0..n {
+                let (k, v) = entry(r)?;
+                if ffi::PyDict_SetItem(d.0, k.0, v.0) != 0 {
+                    ffi::PyErr_Clear();
+                    return None;
+                }
+            }
+        }
+        if check && ffi::PyDict_Size(d.0) > max_len {
+            return None;
+        }
+        Some(d)
+    }
+
+    /// timestamp-micros as fastavro reads it: an aware datetime in `timezone.utc`.
+    #[inline(always)]
+    unsafe fn time(&self, r: &mut Body<'_>) -> Option<Owned> {
+        let us = r.long()?;
+        let days = us.div_euclid(86_400_000_000);
+        let rest = us.rem_euclid(86_400_000_000);
+        let (y, m, d) = civil_from_days(days);
+        if !(1..=9999).contains(&y) {
+            return None; // fastavro raises OverflowError: its error, its message
+        }
+        let secs = rest / 1_000_000;
+        Owned::new((self.new_datetime)(
+            y as c_int,
+            m as c_int,
+            d as c_int,
+            (secs / 3600) as c_int,
+            (secs / 60 % 60) as c_int,
+            (secs % 60) as c_int,
+            (rest % 1_000_000) as c_int,
+            self.utc,
+            self.datetime_type,
+        ))
+    }
+
+    unsafe fn meters(&self, r: &mut Body<'_>, check: bool) -> Option<Owned> {
+        let c = self.cfg;
+        let m = Owned::new(ffi::PyType_GenericAlloc(c.meters_type, 0))?;
+        let mut gpu_ms = 0;
+        for i in 0..5 {
+            // input, output, cached_input, cache_write tokens, gpu_ms
+            let (o, v) = self.quantity(r, check, c.limits[i])?;
+            set_slot(&m, c.meters[i], o);
+            gpu_ms = v;
+        }
+        set_slot(&m, c.meters[5], self.text(r, check, 0, c.max_id_len)?); // gpu_type
+        let source = r.index(c.gpu.len())?;
+        if check && source == 0 && gpu_ms != 0 {
+            return None; // gpu_ms given without a source
+        }
+        set_slot(&m, c.meters[6], Owned::borrowed(c.gpu[source]));
+        for i in [7, 8] {
+            // cpu_ms, api_calls
+            set_slot(&m, c.meters[i], self.quantity(r, check, c.limits[i])?.0);
+        }
+        let custom = self.map(r, check, c.max_custom, |r| {
+            let (k, _, kb) = r.text()?;
+            if check && !custom_name_ok(kb) {
+                return None;
+            }
+            Some((k, self.quantity(r, check, c.custom_limit)?.0))
+        })?;
+        set_slot(&m, c.meters[9], custom);
+        Some(m)
+    }
+
+    /// A UsageEvent from single-object bytes of usage_event v1 or v2, or None where
+    /// the Python decoder should have the say (anything unusual). With ``check``,
+    /// also None for a record `events.validate_record` might refuse.
+    unsafe fn usage(&self, data: &[u8], check: bool) -> Option<Owned> {
+        if data.len() < 10 || data[..2] != [0xc3, 0x01] {
+            return None;
+        }
+        let v2 = if data[2..10] == USAGE_V2_FP {
+            true
+        } else if data[2..10] == USAGE_V1_FP {
+            false
+        } else {
+            return None;
+        };
+        let c = self.cfg;
+        let (id, u) = (c.max_id_len, &c.usage);
+        let mut r = Body { b: data, i: 10 };
+        let ev = Owned::new(ffi::PyType_GenericAlloc(c.usage_type, 0))?;
+        set_slot(&ev, u[0], self.text(&mut r, check, 1, id)?); // event_id
+        let (tenant, _, tb) = r.text()?;
+        if check && !tenant_ok(tb) {
+            return None; // (a trailing "\n", which Python's `$` lets through, too)
+        }
+        set_slot(&ev, u[1], tenant);
+        for &offset in &u[2..5] {
+            // request_id, node_id, span_id
+            set_slot(&ev, offset, self.text(&mut r, check, 1, id)?);
+        }
+        set_slot(&ev, u[5], self.opt_text(&mut r, check, id)?); // parent_span_id
+        set_slot(&ev, u[6], self.text(&mut r, check, 0, id)?); // branch_path
+        set_slot(&ev, u[7], self.text(&mut r, check, 0, id)?); // workflow
+        set_slot(&ev, u[8], self.opt_text(&mut r, check, id)?); // model
+        set_slot(&ev, u[9], self.opt_text(&mut r, check, id)?); // provider
+        set_slot(&ev, u[10], self.quantity(&mut r, check, i64::MAX)?.0); // sequence
+        set_slot(&ev, u[11], self.meters(&mut r, check)?);
+        set_slot(
+            &ev,
+            u[12],
+            Owned::borrowed(c.status[r.index(c.status.len())?]),
+        );
+        let billable = match *r.b.get(r.i)? {
+            0 => ffi::Py_False(),
+            1 => ffi::Py_True(),
+            _ => return None,
+        };
+        r.i += 1;
+        set_slot(&ev, u[13], Owned::borrowed(billable));
+        set_slot(&ev, u[14], self.opt_text(&mut r, false, 0)?); // non_billable_reason
+        set_slot(&ev, u[15], self.time(&mut r)?);
+        if v2 {
+            set_slot(&ev, u[16], self.opt_text(&mut r, check, id)?); // trace_id
+            set_slot(&ev, u[17], self.text(&mut r, check, 0, id)?); // producer
+        } else {
+            // v1 read as v2: the defaults
+            set_slot(&ev, u[16], Owned::borrowed(ffi::Py_None()));
+            set_slot(
+                &ev,
+                u[17],
+                Owned::new(ffi::PyUnicode_FromStringAndSize(ptr::null(), 0))?,
+            );
+        }
+        let attributes = self.map(&mut r, check, c.max_attributes, |r| {
+            let k = self.text(r, check, 0, id)?;
+            Some((k, self.text(r, check, 0, c.max_attribute_len)?))
+        })?;
+        set_slot(&ev, u[18], attributes);
+        (r.i == data.len()).then_some(ev) // trailing bytes: Python's DecodeError
+    }
+
+    #[inline(always)]
+    unsafe fn usage_of(&self, data: &Bound<'_, PyAny>, check: bool) -> Option<Owned> {
+        let p = data.as_ptr();
+        if ffi::PyBytes_CheckExact(p) == 0 {
+            return None;
+        }
+        let bytes = std::slice::from_raw_parts(
+            ffi::PyBytes_AsString(p) as *const u8,
+            ffi::PyBytes_Size(p) as usize,
+        );
+        self.usage(bytes, check)
+    }
+}
+
+/// Days since 1970-01-01 → proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + (m <= 2) as i64, m, d)
+}
+
 // --- Python API ------------------------------------------------------------------------
+/// Decode a usage event (single-object usage_event v1 or v2, read as v2): the
+/// ``UsageEvent`` ``codec.decode_record`` returns, or None for anything else (other
+/// records, unknown fingerprints, malformed or odd bytes: the Python decoder's case).
+/// No validation.
+#[pyfunction]
+fn decode_usage_event(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    let dec = decoder()?;
+    Ok(unsafe { dec.usage_of(data, false) }
+        .map(|o| unsafe { Py::from_owned_ptr(py, o.into_ptr()) }))
+}
+
+/// As ``decode_usage_event``, and only for an event that passes the SDK's validation
+/// (``events.validate_record``); None otherwise, also where it is unsure.
+#[pyfunction]
+fn decode_valid_usage_event(
+    py: Python<'_>,
+    data: &Bound<'_, PyAny>,
+) -> PyResult<Option<Py<PyAny>>> {
+    let dec = decoder()?;
+    Ok(
+        unsafe { dec.usage_of(data, true) }
+            .map(|o| unsafe { Py::from_owned_ptr(py, o.into_ptr()) }),
+    )
+}
+
+/// ``codec.decode_record``: compiled for usage events, the Python decoder (its
+/// records, its errors) for everything else.
+#[pyfunction]
+fn decode_record(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let dec = decoder()?;
+    match unsafe { dec.usage_of(data, false) } {
+        Some(o) => Ok(unsafe { Py::from_owned_ptr(py, o.into_ptr()) }),
+        None => dec.slow_decode.call1(py, (data,)),
+    }
+}
 
 /// Validate and encode a UsageEvent or RequestEnd: ``(key, value)``.
 ///
@@ -744,6 +1230,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(validate_encode, m)?)?;
     m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(try_encode, m)?)?;
+    m.add_function(wrap_pyfunction!(configure_decoder, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_usage_event, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_valid_usage_event, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_record, m)?)?;
     m.add("TENANT_PATTERN", TENANT_PATTERN)?;
     m.add("CUSTOM_PATTERN", CUSTOM_PATTERN)?;
     Ok(())
