@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from nodemeter.codec import decode_record
 from nodemeter.errors import DecodeError, InvalidUsageError
 from nodemeter.events import MAX_EVENT_BYTES, Record, UsageEvent, validate_record
+from nodemeter.fastcodec import decode_valid_usage_event
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +69,11 @@ def classify(
             key=k,
             payload=raw,
         )
+    # the compiled decoder (decoded and validated), or None: anything else, and every
+    # error with its reason, comes from the Python path below
+    fast = decode_valid_usage_event(raw)
+    if fast is not None:
+        return _stored_or_dead(fast, source=source, key=k, payload=raw)
     try:
         record = decode_record(raw)
     except DecodeError as exc:
@@ -86,6 +92,10 @@ def classify(
         )
     except (TypeError, ValueError, AttributeError) as exc:  # defensive: odd decoded types
         return DeadLetter(reason="invalid", detail=repr(exc), source=source, key=k, payload=raw)
+    return _stored_or_dead(record, source=source, key=k, payload=raw)
+
+
+def _stored_or_dead(record: Record, *, source: Source, key: bytes, payload: bytes) -> Classified:
     problem = storage_problem(record)
     if problem is not None:
         reason, detail = problem
@@ -93,12 +103,12 @@ def classify(
             reason=reason,
             detail=detail,
             source=source,
-            key=k,
-            payload=raw,
+            key=key,
+            payload=payload,
             tenant=record.tenant,
             event_id=record.event_id,
         )
-    return Accepted(record=record, source=source, payload=raw)
+    return Accepted(record=record, source=source, payload=payload)
 
 
 # What the ClickHouse columns can hold. A value outside would make every retry of the

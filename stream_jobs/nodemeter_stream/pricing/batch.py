@@ -23,6 +23,7 @@ from typing import Any
 
 from nodemeter.codec import decode_payload, usage_event_from_avro
 from nodemeter.errors import DecodeError, InvalidUsageError, UnknownSchemaError
+from nodemeter.fastcodec import decode_usage_event
 from nodemeter_stream.pricing.budgets import BudgetAlert
 from nodemeter_stream.pricing.engine import (
     Outcome,
@@ -100,16 +101,20 @@ def price_batch(
     lines: dict[str, PricedLine] = {}
     alerts: dict[str, BudgetAlert] = {}
     for item in items:
+        fast = decode_usage_event(item.value)  # compiled, or None: the Python path
         try:
-            name, payload = decode_payload(item.value)
-            if name == "usage_event":
-                record = usage_event_from_avro(payload)
-            elif name == "window_tick":
-                tenant, as_of = str(payload["tenant"]), payload["as_of"]
-            elif name == "request_end":
-                continue  # request ends are the merge's business
+            if fast is not None:
+                name, record = "usage_event", fast
             else:
-                raise UnknownSchemaError(f"{name} records are not usage records")
+                name, payload = decode_payload(item.value)
+                if name == "usage_event":
+                    record = usage_event_from_avro(payload)
+                elif name == "window_tick":
+                    tenant, as_of = str(payload["tenant"]), payload["as_of"]
+                elif name == "request_end":
+                    continue  # request ends are the merge's business
+                else:
+                    raise UnknownSchemaError(f"{name} records are not usage records")
         except (DecodeError, InvalidUsageError) as exc:
             result.rejected.append(Rejected(item, getattr(exc, "reason", "malformed"), str(exc)))
             continue
