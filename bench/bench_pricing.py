@@ -1,24 +1,34 @@
 """Throughput of the pricing core (pure engine, no broker): prints figures, asserts nothing.
 
-    .venv/bin/python bench/bench_pricing.py [--events 50000]
+    .venv/bin/python bench/bench_pricing.py [--events 30000] [--batch 500] [--repeat 3]
 
-Measures events/s and lines/s for the example price books over one month for three
-tenants (graduated, volume, package, included units, a credit grant, cached tokens), plus
-the cost of a worker restart between every batch (state recovered from JSON, as the
-changelog does).
+Measures events/s of ``price_batch`` (the worker's call: encoded usage-by-tenant
+records, tenant states stored as JSON between batches, ``keep_lines=False``) for the
+example price books over one month for three tenants (graduated, volume, package,
+included units, a credit grant, cached tokens, budgets), on the same data for the
+frozen reference engine (``tests/unit/_pricing_reference``, the engine before the speed
+work) and for the current one, and checks that both give the same lines. Then the
+raw ``PricingEngine.process`` loop and the cost of a worker restart between batches.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from nodemeter.codec import encode_record
 from nodemeter.events import GpuSource, Meters, UsageEvent
 from nodemeter_stream.pricing import PricingEngine, load_config, new_state
+from nodemeter_stream.pricing.batch import Item, price_batch
 from nodemeter_stream.pricing.book import EXAMPLES_DIR
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
 
 def events(n: int) -> list[UsageEvent]:
@@ -52,8 +62,41 @@ def events(n: int) -> list[UsageEvent]:
     return out
 
 
-def run(evs: list[UsageEvent], *, restart_every: int = 0) -> tuple[float, int]:
-    engine = PricingEngine(load_config(EXAMPLES_DIR))
+def items(evs: list[UsageEvent]) -> list[Item]:
+    """Records of the usage-by-tenant topic: one partition per tenant, offsets in order."""
+    parts = {"acme": 0, "globex": 1, "initech": 2}
+    return [
+        Item("usage-by-tenant", parts[ev.tenant], i, ev.tenant.encode(), encode_record(ev),
+             ingest=("usage", 0, i))
+        for i, ev in enumerate(evs)
+    ]  # fmt: skip
+
+
+def run_batches(engine: Any, recs: list[Item], batch: int) -> tuple[float, list[dict[str, Any]]]:
+    """price_batch over ``recs`` in batches; states stored as JSON text between batches
+    (as the worker stores them). Returns (seconds in price_batch, lines as dicts)."""
+    stored: dict[str, str] = {}
+    lines: list[dict[str, Any]] = []
+    secs = 0.0
+    for lo in range(0, len(recs), batch):
+
+        def get_state(tenant: str) -> Any:
+            text = stored.get(tenant)
+            return json.loads(text) if text is not None else None
+
+        t = time.perf_counter()
+        result = price_batch(engine, recs[lo : lo + batch], get_state=get_state)
+        secs += time.perf_counter() - t
+        for tenant, (_, state) in result.states.items():
+            stored[tenant] = json.dumps(state)
+        lines += [ln.to_dict() for ln in result.lines]
+    return secs, lines
+
+
+def run(
+    make: Callable[[], Any], evs: list[UsageEvent], *, restart_every: int = 0
+) -> tuple[float, int]:
+    engine = make()
     states: dict[str, dict[str, Any]] = {}
     seen: dict[str, Any] = {}
     lines = 0
@@ -71,15 +114,38 @@ def run(evs: list[UsageEvent], *, restart_every: int = 0) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--repeat", type=int, default=3, help="best of N runs")
     args = ap.parse_args()
+    from _pricing_reference.book import load_config as ref_load_config
+    from _pricing_reference.engine import PricingEngine as RefEngine
+
+    engines: dict[str, Callable[[], Any]] = {
+        "reference": lambda: RefEngine(ref_load_config(EXAMPLES_DIR), keep_lines=False),
+        "current": lambda: PricingEngine(load_config(EXAMPLES_DIR), keep_lines=False),
+    }
     evs = events(args.events)
-    secs, lines = run(evs)
-    print(f"pricing engine: {len(evs)} events, {lines} lines in {secs:.2f}s "
-          f"= {len(evs) / secs:,.0f} events/s, {lines / secs:,.0f} lines/s")  # fmt: skip
+    recs = items(evs)
+    rates: dict[str, float] = {}
+    outputs: dict[str, list[dict[str, Any]]] = {}
+    for name, make in engines.items():
+        best = min(run_batches(make(), recs, args.batch)[0] for _ in range(args.repeat))
+        _, outputs[name] = run_batches(make(), recs, args.batch)
+        rates[name] = len(recs) / best
+        print(f"price_batch {name:>9}: {len(recs)} events in batches of {args.batch}, "
+              f"{len(outputs[name])} lines, best of {args.repeat}: {best:.2f}s "
+              f"= {rates[name]:,.0f} events/s ({1e6 / rates[name]:.0f} us/event)")  # fmt: skip
+    same = outputs["reference"] == outputs["current"]
+    print(f"speed-up {rates['current'] / rates['reference']:.2f}x; lines identical: {same}")
+    for name, make in engines.items():
+        secs, lines = min(run(make, evs) for _ in range(args.repeat))
+        print(f"engine.process {name:>9}: {len(evs)} events, {lines} lines in {secs:.2f}s "
+              f"= {len(evs) / secs:,.0f} events/s")  # fmt: skip
     n = min(len(evs), 3000)
-    secs, _ = run(evs[:n], restart_every=500)
-    print(f"with a state recovery (JSON round trip) every 500 events: {n} events in {secs:.2f}s "
-          f"= {n / secs:,.0f} events/s")  # fmt: skip
+    for name, make in engines.items():
+        secs, _ = run(make, evs[:n], restart_every=500)
+        print(f"{name:>9} with a state recovery (JSON round trip) every 500 events: "
+              f"{n} events in {secs:.2f}s = {n / secs:,.0f} events/s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from zoneinfo import ZoneInfo
 
 from nodemeter_stream.pricing.book import Budget, TenantPlan
 from nodemeter_stream.pricing.lines import PricedLine
-from nodemeter_stream.pricing.money import ZERO, exact, from_str, to_str
-from nodemeter_stream.pricing.windows import window_for
+from nodemeter_stream.pricing.money import ZERO, add, from_str, mul, to_str
+from nodemeter_stream.pricing.windows import BillingWindow, window_for
 
 OK, WARNING, EXCEEDED = "ok", "warning", "exceeded"
 
@@ -73,12 +73,6 @@ class BudgetAlert:
         return cls(**out)
 
 
-def _counts(budget: Budget, line: PricedLine) -> bool:
-    if budget.workflow is None:
-        return True
-    return line.line_kind == "usage" and line.workflow == budget.workflow
-
-
 def apply_lines(
     *,
     plan: TenantPlan,
@@ -95,56 +89,70 @@ def apply_lines(
     time, so the alert names the line that crossed.
     """
     alerts: list[BudgetAlert] = []
+    budgets = plan.budgets
+    # the window of each budget for the last event time seen: an event's lines share it
+    last: list[tuple[datetime | None, BillingWindow | None]] = [(None, None)] * len(budgets)
     for line in lines:
-        if not line.amount:
+        amount = line.amount
+        if not amount:
             continue
-        for budget in plan.budgets:
-            if not _counts(budget, line):
+        at = line.event_time
+        for b, budget in enumerate(budgets):
+            if budget.workflow is not None and not (
+                line.line_kind == "usage" and line.workflow == budget.workflow
+            ):
                 continue
-            win = window_for(line.event_time, budget.window, tz)
+            seen_at, win = last[b]
+            if win is None or seen_at is not at:
+                win = window_for(at, budget.window, tz)
+                last[b] = (at, win)
             key = f"{budget.name}|{win.window_id}"
-            entry = state.setdefault(
-                key,
-                {
+            entry = state.get(key)
+            if entry is None:
+                entry = state[key] = {
                     "spent": "0",
                     "fired": [],
                     "events": 0,
                     "last_event": "",
                     "start": win.start.isoformat(),
                     "end": win.end.isoformat(),
-                },
-            )
+                }
             if touched is not None:
                 touched.add(key)
             if line.event_id and line.event_id != entry["last_event"]:
                 # an event's lines are contiguous: count each contributing event once
                 entry["events"] += 1
                 entry["last_event"] = line.event_id
-            with exact():
-                spent = from_str(entry["spent"]) + line.amount
-                entry["spent"] = to_str(spent)
-                for t in budget.thresholds:
-                    if t in entry["fired"] or spent * 100 < t * budget.amount:
-                        continue
-                    entry["fired"].append(t)
-                    alerts.append(
-                        BudgetAlert(
-                            alert_id=alert_id(plan.tenant, budget.name, win.window_id, t),
-                            tenant=plan.tenant,
-                            budget=budget.name,
-                            workflow=budget.workflow or "",
-                            window_id=win.window_id,
-                            window_start=win.start,
-                            window_end=win.end,
-                            threshold_percent=t,
-                            budget_amount=budget.amount,
-                            spent=spent,
-                            currency=currency,
-                            hard_limit=budget.hard_limit,
-                            crossed_at=line.event_time,
-                            event_id=line.event_id,
-                        )
+            spent = add(from_str(entry["spent"]), amount)
+            entry["spent"] = to_str(spent)
+            fired = entry["fired"]
+            hundred: Decimal | None = None
+            for t in budget.thresholds:
+                if t in fired:
+                    continue
+                if hundred is None:
+                    hundred = mul(spent, 100)
+                if hundred < mul(t, budget.amount):
+                    continue
+                fired.append(t)
+                alerts.append(
+                    BudgetAlert(
+                        alert_id=alert_id(plan.tenant, budget.name, win.window_id, t),
+                        tenant=plan.tenant,
+                        budget=budget.name,
+                        workflow=budget.workflow or "",
+                        window_id=win.window_id,
+                        window_start=win.start,
+                        window_end=win.end,
+                        threshold_percent=t,
+                        budget_amount=budget.amount,
+                        spent=spent,
+                        currency=currency,
+                        hard_limit=budget.hard_limit,
+                        crossed_at=line.event_time,
+                        event_id=line.event_id,
                     )
+                )
     return alerts
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from nodemeter_stream.pricing.book import ChargeModel, Rate, Tier
-from nodemeter_stream.pricing.money import ZERO, exact
+from nodemeter_stream.pricing.money import ZERO, mul
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,9 @@ class Piece:
     quantity: int
     unit_price: Decimal
     amount: Decimal
+
+
+_GRADUATED = ChargeModel.GRADUATED.value
 
 
 def split_included(included: int, position: int, qty: int) -> tuple[int, int]:
@@ -56,15 +59,14 @@ def tier_of(tiers: tuple[Tier, ...], position: int) -> int:
 def graduated(tiers: tuple[Tier, ...], position: int, qty: int) -> list[Piece]:
     pieces: list[Piece] = []
     lo, end = position, position + qty
-    with exact():
-        while lo < end:
-            i = tier_of(tiers, lo)
-            bound = tiers[i].up_to
-            hi = end if bound is None else min(end, bound)
-            n = hi - lo
-            price = tiers[i].unit_price
-            pieces.append(Piece(ChargeModel.GRADUATED.value, i + 1, n, price, price * n))
-            lo = hi
+    while lo < end:
+        i = tier_of(tiers, lo)
+        bound = tiers[i].up_to
+        hi = end if bound is None else min(end, bound)
+        n = hi - lo
+        price = tiers[i].unit_price
+        pieces.append(Piece(_GRADUATED, i + 1, n, price, mul(price, n)))
+        lo = hi
     return pieces
 
 
@@ -87,22 +89,20 @@ def price_pieces(rate: Rate, position: int, qty: int) -> list[Piece]:
     if not paid:
         return pieces
     start = position + free
-    with exact():
-        if rate.charge is ChargeModel.FLAT:
-            pieces.append(
-                Piece(rate.charge.value, 0, paid, rate.unit_price, rate.unit_price * paid)
-            )
-        elif rate.charge is ChargeModel.GRADUATED:
-            pieces.extend(graduated(rate.tiers, start, paid))
-        elif rate.charge is ChargeModel.VOLUME:
-            i = volume_tier(rate.tiers, start + paid)
-            price = rate.tiers[i].unit_price
-            pieces.append(Piece(rate.charge.value, i + 1, paid, price, price * paid))
-        else:
-            before = max(position - rate.included_units, 0)
-            blocks = package_blocks(rate.package_size, before, before + paid)
-            price = rate.package_price
-            pieces.append(Piece(rate.charge.value, 0, paid, price, price * blocks))
+    charge = rate.charge
+    if charge is ChargeModel.FLAT:
+        pieces.append(Piece(charge.value, 0, paid, rate.unit_price, mul(rate.unit_price, paid)))
+    elif charge is ChargeModel.GRADUATED:
+        pieces.extend(graduated(rate.tiers, start, paid))
+    elif charge is ChargeModel.VOLUME:
+        i = volume_tier(rate.tiers, start + paid)
+        price = rate.tiers[i].unit_price
+        pieces.append(Piece(charge.value, i + 1, paid, price, mul(price, paid)))
+    else:
+        before = max(position - rate.included_units, 0)
+        blocks = package_blocks(rate.package_size, before, before + paid)
+        price = rate.package_price
+        pieces.append(Piece(charge.value, 0, paid, price, mul(price, blocks)))
     return pieces
 
 
@@ -111,5 +111,4 @@ def volume_exact(rate: Rate, window_total: int, qty_at_rate: int) -> tuple[int, 
     whose total (all versions, free units included) is ``window_total``."""
     i = volume_tier(rate.tiers, window_total)
     price = rate.tiers[i].unit_price
-    with exact():
-        return i + 1, price, price * qty_at_rate
+    return i + 1, price, mul(price, qty_at_rate)

@@ -31,6 +31,7 @@ Non-billable events (``billable=False``) produce no lines; they are recorded as 
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -45,12 +46,14 @@ from nodemeter_stream.pricing.budgets import BudgetAlert
 from nodemeter_stream.pricing.charge import price_pieces, volume_exact
 from nodemeter_stream.pricing.errors import PricingError
 from nodemeter_stream.pricing.lines import PricedLine, line_id
-from nodemeter_stream.pricing.money import ZERO, exact, from_str, to_str
+from nodemeter_stream.pricing.money import ZERO, add, from_str, mul, sub, to_str
 from nodemeter_stream.pricing.windows import BillingWindow, window_for, zone
 
 GRANT_METER = "credit_grant"
 CACHED = "cached_input_tokens"
 ONE_US = timedelta(microseconds=1)
+_VOLUME = ChargeModel.VOLUME.value
+_MEMO_MAX = 1 << 16  # entries of a memo before it is cleared
 
 
 @dataclass(slots=True)
@@ -75,8 +78,7 @@ def tick_id(source: tuple[int, int] | None) -> str:
 
 
 def _add(a: str, b: Decimal) -> str:
-    with exact():
-        return to_str(from_str(a) + b)
+    return to_str(add(from_str(a), b))
 
 
 class PricingEngine:
@@ -98,11 +100,84 @@ class PricingEngine:
         self.retention = retention
         self.keep_lines = keep_lines
         self._zones: dict[str, ZoneInfo] = {}
+        # Memos. Each holds the result of a pure function of its key (the time text, or
+        # the config and the arguments), so an answer from one is the answer the
+        # computation gives; those derived from the config are dropped when
+        # ``self.config`` is replaced.
+        self._times: dict[str, datetime] = {}  # ISO text -> datetime.fromisoformat(text)
+        self._canons: dict[str, str] = {}  # ISO text -> fromisoformat(text).isoformat()
+        self._memo_config = config
+        self._plans: dict[str, TenantPlan] = {}
+        self._points: dict[str, list[datetime]] = {}  # book -> effective_from of its chain
+        self._rates: dict[tuple[str, int, str, str, str, str], tuple[BookVersion, Rate] | None]
+        self._rates = {}
 
     # --- public ------------------------------------------------------------------
 
     def currency(self, plan: TenantPlan) -> str:
         return self.config.books[plan.price_book].currency
+
+    def _config(self) -> PricingConfig:
+        """``self.config``, with the memos derived from it dropped if it was replaced."""
+        config = self.config
+        if config is not self._memo_config:
+            self._memo_config = config
+            self._plans.clear()
+            self._points.clear()
+            self._rates.clear()
+        return config
+
+    def _plan(self, tenant: str) -> TenantPlan:
+        """``config.plan_for(tenant)``, memoized."""
+        config = self._config()
+        plan = self._plans.get(tenant)
+        if plan is None:
+            if len(self._plans) >= _MEMO_MAX:
+                self._plans.clear()
+            plan = self._plans[tenant] = config.plan_for(tenant)
+        return plan
+
+    def _resolve(
+        self, book: str, meter: str, model: str, provider: str, gpu_type: str, at: datetime
+    ) -> tuple[BookVersion, Rate] | None:
+        """``config.resolve(...)``, memoized. Its answer depends on ``at`` only through
+        the version of each book of the chain in force at ``at``, i.e. on how many of the
+        chain's ``effective_from`` times are <= ``at``: that count is in the key."""
+        config = self._config()
+        points = self._points.get(book)
+        if points is None:
+            points = sorted(v.effective_from for pb in config.chain(book) for v in pb.versions)
+            self._points[book] = points
+        key = (book, bisect_right(points, at), meter, model, provider, gpu_type)
+        try:
+            return self._rates[key]
+        except KeyError:
+            pass
+        found = config.resolve(
+            book, meter=meter, model=model, provider=provider, gpu_type=gpu_type, at=at
+        )
+        if len(self._rates) >= _MEMO_MAX:
+            self._rates.clear()
+        self._rates[key] = found
+        return found
+
+    def _dt(self, text: str) -> datetime:
+        """``datetime.fromisoformat(text)``, memoized (window bounds, watermarks)."""
+        dt = self._times.get(text)
+        if dt is None:
+            if len(self._times) >= _MEMO_MAX:
+                self._times.clear()
+            dt = self._times[text] = datetime.fromisoformat(text)
+        return dt
+
+    def _canon(self, text: str) -> str:
+        """``datetime.fromisoformat(text).isoformat()``, memoized."""
+        out = self._canons.get(text)
+        if out is None:
+            if len(self._canons) >= _MEMO_MAX:
+                self._canons.clear()
+            out = self._canons[text] = self._dt(text).isoformat()
+        return out
 
     def tz(self, plan: TenantPlan) -> ZoneInfo:
         if plan.time_zone not in self._zones:
@@ -138,16 +213,17 @@ class PricingEngine:
             return self._duplicate(record)
         if record is not None and (source is None or record.get("source") != list(source)):
             return self._duplicate(record)
-        if not self.config.knows(event.tenant):
+        if not self._config().knows(event.tenant):
             raise PricingError(
                 f"tenant {event.tenant!r} has no plan and unknown tenants are rejected "
                 "(unknown_tenants: reject)",
                 reason="unknown_tenant",
             )
-        plan = self.config.plan_for(event.tenant)
+        plan = self._plan(event.tenant)
         tz = self.tz(plan)
         win = window_for(event.event_time, plan.billing_window, tz)
-        wm = self._watermark(state)
+        wm_text: str = state.get("watermark") or ""
+        wm = self._dt(wm_text) if wm_text else None
         if (
             wm is not None
             and win.window_id not in state["windows"]
@@ -162,7 +238,10 @@ class PricingEngine:
         if event.billable:
             lines += self._price_event(state, plan, win, event)
         new_wm = event.event_time if wm is None else max(wm, event.event_time)
-        state["watermark"] = new_wm.isoformat()
+        # unchanged: fromisoformat(text).isoformat(), memoized
+        state["watermark"] = (
+            self._canon(wm_text) if wm is not None and new_wm is wm else new_wm.isoformat()
+        )
         lines += self._close_due(state, plan, new_wm)
         self._drop_old(state, seen, new_wm)
         touched: set[str] = set()
@@ -336,18 +415,17 @@ class PricingEngine:
             )  # fmt: skip
 
         gross = ZERO
+        units = ws["units"]
+        tenant, event_id, at = ev.tenant, ev.event_id, ev.event_time
         for meter, qty in sorted(ev.meters.quantities().items()):
             gpu_type = ev.meters.gpu_type if meter == "gpu_ms" else ""
             ukey = "|".join((meter, model, provider, gpu_type))
-            position = int(ws["units"].get(ukey, 0))
-            ws["units"][ukey] = position + qty
-            found = self.config.resolve(
-                plan.price_book, meter=meter, model=model, provider=provider,
-                gpu_type=gpu_type, at=ev.event_time,
-            )  # fmt: skip
+            position = int(units.get(ukey, 0))
+            units[ukey] = position + qty
+            found = self._resolve(plan.price_book, meter, model, provider, gpu_type, at)
             if found is None:
                 # No book prices it: keep the usage visible at zero rather than lose it.
-                lid = line_id("usage", ev.tenant, ev.event_id, meter, 0, "unpriced")
+                lid = line_id("usage", tenant, event_id, meter, 0, "unpriced")
                 out.append(
                     line(
                         "usage",
@@ -369,16 +447,16 @@ class PricingEngine:
                 self._input_list_price(plan, model, provider, ev) if meter == CACHED else None
             )
             for p in price_pieces(rate, position, qty):
-                lid = line_id("usage", ev.tenant, ev.event_id, meter, p.tier, p.charge_model)
-                with exact():
-                    savings = list_price * p.quantity - p.amount if list_price is not None else ZERO
+                lid = line_id("usage", tenant, event_id, meter, p.tier, p.charge_model)
+                savings = (
+                    sub(mul(list_price, p.quantity), p.amount) if list_price is not None else ZERO
+                )
                 out.append(
                     line("usage", meter, gpu_type, p.quantity, p.unit_price, p.amount,
                          version.book, version.version, p.charge_model, p.tier, lid, savings)
                 )  # fmt: skip
-                with exact():
-                    gross += p.amount
-                if p.charge_model == ChargeModel.VOLUME.value:
+                gross = add(gross, p.amount)
+                if p.charge_model == _VOLUME:
                     acc = ws["volume"].setdefault(
                         f"{ukey}|{version.book}|{version.version}",
                         {"key": ukey, "book": version.book, "version": version.version,
@@ -387,13 +465,12 @@ class PricingEngine:
                     acc["qty"] += p.quantity
                     acc["provisional"] = _add(acc["provisional"], p.amount)
         ws["gross"] = _add(ws["gross"], gross)
-        with exact():
-            left = from_str(ws["grant"]) - from_str(ws["grant_used"])
-            credit = min(gross, left)
+        left = sub(from_str(ws["grant"]), from_str(ws["grant_used"]))
+        credit = min(gross, left)
         if credit > 0:
             ws["grant_used"] = _add(ws["grant_used"], credit)
             book, _, ver = ws["grant_book"].partition("|")
-            lid = line_id("credit", ev.tenant, ev.event_id)
+            lid = line_id("credit", tenant, event_id)
             out.append(
                 line("credit", GRANT_METER, "", 0, ZERO, -credit, book, int(ver), "credit", 0, lid)
             )
@@ -406,10 +483,7 @@ class PricingEngine:
     ) -> Decimal | None:
         """The input_tokens list price of the model (flat price, first tier, or package
         price per unit is not defined: None) against which cache savings are reported."""
-        found = self.config.resolve(
-            plan.price_book, meter="input_tokens", model=model, provider=provider,
-            gpu_type="", at=ev.event_time,
-        )  # fmt: skip
+        found = self._resolve(plan.price_book, "input_tokens", model, provider, "", ev.event_time)
         if found is None:
             return None
         rate = found[1]
@@ -423,12 +497,17 @@ class PricingEngine:
 
     def _close_due(self, state: dict[str, Any], plan: TenantPlan, wm: datetime) -> list[PricedLine]:
         lines: list[PricedLine] = []
-        for wid in sorted(state["windows"]):
-            ws = state["windows"][wid]
-            due = datetime.fromisoformat(ws["end"]) + self.grace <= wm
-            if (not ws["closed"] and due) or (ws["closed"] and ws["dirty"]):
-                ws["closed"], ws["dirty"] = True, False
-                lines += self._settle(state, plan, wid, ws)
+        windows = state["windows"]
+        grace = self.grace
+        due = [
+            wid
+            for wid, ws in windows.items()
+            if (ws["dirty"] if ws["closed"] else self._dt(ws["end"]) + grace <= wm)
+        ]
+        for wid in sorted(due):  # settling one window changes no other: decide first
+            ws = windows[wid]
+            ws["closed"], ws["dirty"] = True, False
+            lines += self._settle(state, plan, wid, ws)
         return lines
 
     def _version(self, book: str, number: int) -> BookVersion:
@@ -477,20 +556,17 @@ class PricingEngine:
             )
             assert rate is not None  # it priced these units
             tier, price, target = volume_exact(rate, int(ws["units"][acc["key"]]), int(acc["qty"]))
-            with exact():
-                delta = target - from_str(acc["provisional"]) - from_str(acc["settled"])
+            delta = sub(sub(target, from_str(acc["provisional"])), from_str(acc["settled"]))
             if not delta:
                 continue
             acc["settled"] = _add(acc["settled"], delta)
-            with exact():
-                delta_gross += delta
+            delta_gross = add(delta_gross, delta)
             lid = line_id("settlement", tenant, wid, acc_key, seq)
             out.append(line("settlement", meter, model, provider, gpu_type, price, delta,
                             acc["book"], acc["version"], ChargeModel.VOLUME.value, tier, lid))  # fmt: skip
         ws["gross"] = _add(ws["gross"], delta_gross)
-        with exact():
-            target_used = min(from_str(ws["grant"]), max(from_str(ws["gross"]), ZERO))
-            credit_delta = target_used - from_str(ws["grant_used"])
+        target_used = min(from_str(ws["grant"]), max(from_str(ws["gross"]), ZERO))
+        credit_delta = sub(target_used, from_str(ws["grant_used"]))
         if credit_delta:
             ws["grant_used"] = to_str(target_used)
             book, _, ver = ws["grant_book"].partition("|")
@@ -520,10 +596,11 @@ class PricingEngine:
     ) -> None:
         """Forget windows (and their seen records) ``retention`` after they ended."""
         tenant = state["tenant"]
+        retention = self.retention
         old = [
             wid
             for wid, ws in state["windows"].items()
-            if ws["closed"] and datetime.fromisoformat(ws["end"]) + self.retention <= wm
+            if ws["closed"] and self._dt(ws["end"]) + retention <= wm
         ]
         for wid in old:
             del state["windows"][wid]
@@ -534,9 +611,8 @@ class PricingEngine:
             ]:
                 del seen[k]
         for bkey in [
-            k for k, v in state["budgets"].items()
-            if datetime.fromisoformat(v["end"]) + self.retention <= wm
-        ]:  # fmt: skip
+            k for k, v in state["budgets"].items() if self._dt(v["end"]) + retention <= wm
+        ]:
             del state["budgets"][bkey]
 
     def _budgets(

@@ -50,8 +50,7 @@ PRICED_LINE_COLUMNS: tuple[str, ...] = (
 
 
 def line_id(*parts: object) -> str:
-    raw = "\x1f".join(str(p) for p in parts).encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -38,6 +38,16 @@ def exact() -> Any:
     return localcontext(EXACT)
 
 
+# One operation under the trapping context without switching the thread's context (a
+# ``with exact():`` costs more than the arithmetic it guards): ``mul(a, b)`` is
+# ``a * b`` computed in a ``with exact():`` block, with the same result and the same
+# traps. Its own copy of EXACT, so flags raised here never reach ``exact()`` blocks.
+_CALC = EXACT.copy()
+mul = _CALC.multiply
+add = _CALC.add
+sub = _CALC.subtract
+
+
 def parse_price(value: object, *, what: str = "price") -> Decimal:
     """A non-negative decimal with at most 12 places, from a string or int (never a float).
 

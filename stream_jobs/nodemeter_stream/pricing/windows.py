@@ -43,11 +43,31 @@ def _local_midnight(year: int, month: int, day: int, tz: ZoneInfo) -> datetime:
     return datetime.combine(date(year, month, day), time(0), tzinfo=tz).astimezone(UTC)
 
 
+# Windows already computed, by (is a day window, zone, local year, month, day or 0): a
+# window depends only on those (its label, start and end are functions of the local
+# date), so the memo returns exactly what the computation would. Cleared when it grows
+# past _MEMO_MAX.
+_memo: dict[tuple[bool, ZoneInfo, int, int, int], BillingWindow] = {}
+_MEMO_MAX = 1 << 16
+
+
 def window_for(ts: datetime, kind: WindowKind, tz: ZoneInfo) -> BillingWindow:
     """The window of ``kind`` in zone ``tz`` that contains the aware instant ``ts``."""
     if ts.tzinfo is None:
         raise ValueError("window_for needs a timezone-aware datetime")
     local = ts.astimezone(tz)
+    day = kind is WindowKind.DAY
+    key = (day, tz, local.year, local.month, local.day if day else 0)
+    win = _memo.get(key)
+    if win is None:
+        win = _compute(local, kind, tz)
+        if len(_memo) >= _MEMO_MAX:
+            _memo.clear()
+        _memo[key] = win
+    return win
+
+
+def _compute(local: datetime, kind: WindowKind, tz: ZoneInfo) -> BillingWindow:
     if kind is WindowKind.DAY:
         start = _local_midnight(local.year, local.month, local.day, tz)
         d = local.date() + timedelta(days=1)
