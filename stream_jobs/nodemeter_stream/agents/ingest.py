@@ -19,6 +19,7 @@ requests and drops old ones. Nothing per event outlives its request in memory.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -81,6 +82,9 @@ class Ingest:
         # ones also in ``open`` (the sweep's timeouts look at those only)
         self.states: dict[str, RequestState] = {}
         self.open: set[str] = set()
+        # open requests by the time they opened (oldest first): the sweep looks only at
+        # those whose timeout may have passed
+        self.opened: collections.deque[tuple[int, str]] = collections.deque()
         self._next_purge_ms = 0
         # Batches and the sweep timer both read-modify-write the states.
         self.lock = asyncio.Lock()
@@ -106,7 +110,8 @@ class Ingest:
         """The states of the assigned partitions, as of their progress of record."""
         self.states = {}
         self.open = set()
-        for r in rows:
+        self.opened = collections.deque()
+        for r in sorted(rows, key=lambda r: json.loads(r.value)["opened_at_ms"]):
             self.remember(r.key, RequestState.from_json(json.loads(r.value)))
         self.metrics.open_requests.set(len(self.open))
 
@@ -114,8 +119,9 @@ class Ingest:
         self.states[key] = state
         if state.closed:
             self.open.discard(key)
-        else:
+        elif key not in self.open:
             self.open.add(key)
+            self.opened.append((state.opened_at_ms, key))
 
     # --- one batch -------------------------------------------------------------------
 
@@ -274,7 +280,13 @@ class Ingest:
                 self._next_purge_ms = now_ms + int(
                     max(self.cfg.sweep_interval_s, retention / 20) * 1000
                 )
-            candidates = self.states.values() if purge else [self.states[k] for k in self.open]
+            timeout_ms = int(self.cfg.request_timeout_s * 1000)
+            due_keys = []
+            while self.opened and self.opened[0][0] + timeout_ms <= now_ms:
+                _, key = self.opened.popleft()
+                if key in self.open:
+                    due_keys.append(key)
+            candidates = self.states.values() if purge else [self.states[k] for k in due_keys]
             plan = plan_sweep(
                 list(candidates), now_ms=now_ms, timeout_s=self.cfg.request_timeout_s,
                 retention_s=retention,
