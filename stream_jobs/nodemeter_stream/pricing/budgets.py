@@ -73,6 +73,22 @@ class BudgetAlert:
         return cls(**out)
 
 
+_limit_memo: dict[Budget, tuple[Decimal, ...]] = {}
+
+
+def _limits(budget: Budget) -> tuple[Decimal, ...]:
+    """``threshold x amount`` of each threshold (exact), memoized by the budget's value."""
+    try:
+        limits = _limit_memo.get(budget)
+    except TypeError:  # unhashable (thresholds given as a list)
+        return tuple(mul(t, budget.amount) for t in budget.thresholds)
+    if limits is None:
+        if len(_limit_memo) >= 4096:
+            _limit_memo.clear()
+        limits = _limit_memo[budget] = tuple(mul(t, budget.amount) for t in budget.thresholds)
+    return limits
+
+
 def apply_lines(
     *,
     plan: TenantPlan,
@@ -127,12 +143,12 @@ def apply_lines(
             entry["spent"] = to_str(spent)
             fired = entry["fired"]
             hundred: Decimal | None = None
-            for t in budget.thresholds:
+            for t, limit in zip(budget.thresholds, _limits(budget), strict=True):
                 if t in fired:
                     continue
                 if hundred is None:
                     hundred = mul(spent, 100)
-                if hundred < mul(t, budget.amount):
+                if hundred < limit:
                     continue
                 fired.append(t)
                 alerts.append(

@@ -111,6 +111,8 @@ class PricingEngine:
         self._points: dict[str, list[datetime]] = {}  # book -> effective_from of its chain
         self._rates: dict[tuple[str, int, str, str, str, str], tuple[BookVersion, Rate] | None]
         self._rates = {}
+        # tenant -> (horizon, retention, entry ids, entries) of the last _drop_old scan
+        self._horizons: dict[str, tuple[datetime, timedelta, list[int], list[Any]]] = {}
 
     # --- public ------------------------------------------------------------------
 
@@ -594,9 +596,20 @@ class PricingEngine:
     def _drop_old(
         self, state: dict[str, Any], seen: MutableMapping[str, Any], wm: datetime
     ) -> None:
-        """Forget windows (and their seen records) ``retention`` after they ended."""
+        """Forget windows (and their seen records) ``retention`` after they ended.
+
+        Skipped while ``wm`` is before the tenant's horizon: the earliest ``end +
+        retention`` of its windows (closed or not) and budget windows, remembered from the
+        last scan with the entries it saw (kept alive, so their ids stay theirs). It is
+        used only while the state holds those very entry objects, in the same order, and
+        the retention is the same: an entry's ``end`` never changes once it exists."""
         tenant = state["tenant"]
         retention = self.retention
+        windows, budgets = state["windows"], state["budgets"]
+        ids = [*map(id, windows.values()), -1, *map(id, budgets.values())]
+        known = self._horizons.get(tenant)
+        if known is not None and wm < known[0] and known[1] == retention and known[2] == ids:
+            return
         old = [
             wid
             for wid, ws in state["windows"].items()
@@ -614,6 +627,15 @@ class PricingEngine:
             k for k, v in state["budgets"].items() if self._dt(v["end"]) + retention <= wm
         ]:
             del state["budgets"][bkey]
+        entries = [*windows.values(), None, *budgets.values()]
+        ends = [self._dt(v["end"]) for v in entries if v is not None]
+        if ends:
+            if len(self._horizons) >= _MEMO_MAX:
+                self._horizons.clear()
+            ids = [-1 if v is None else id(v) for v in entries]
+            self._horizons[tenant] = (min(ends) + retention, retention, ids, entries)
+        else:
+            self._horizons.pop(tenant, None)
 
     def _budgets(
         self, state: dict[str, Any], plan: TenantPlan, lines: list[PricedLine], touched: set[str]
