@@ -73,20 +73,43 @@ class BudgetAlert:
         return cls(**out)
 
 
-_limit_memo: dict[Budget, tuple[Decimal, ...]] = {}
+_limit_memo: dict[int, tuple[Budget, tuple[Decimal, ...]]] = {}
 
 
 def _limits(budget: Budget) -> tuple[Decimal, ...]:
-    """``threshold x amount`` of each threshold (exact), memoized by the budget's value."""
-    try:
-        limits = _limit_memo.get(budget)
-    except TypeError:  # unhashable (thresholds given as a list)
-        return tuple(mul(t, budget.amount) for t in budget.thresholds)
-    if limits is None:
-        if len(_limit_memo) >= 4096:
-            _limit_memo.clear()
-        limits = _limit_memo[budget] = tuple(mul(t, budget.amount) for t in budget.thresholds)
+    """``threshold x amount`` of each threshold (exact), memoized per budget object (kept
+    alive by the memo, so its id stays its own)."""
+    known = _limit_memo.get(id(budget))
+    if known is not None and known[0] is budget:
+        return known[1]
+    if len(_limit_memo) >= 4096:
+        _limit_memo.clear()
+    limits = tuple(mul(t, budget.amount) for t in budget.thresholds)
+    _limit_memo[id(budget)] = (budget, limits)
     return limits
+
+
+class _Slot:
+    """One budget's window for the event time of the lines being applied (an event's
+    lines share it): its state entry, the spend last written to it (text and Decimal)
+    and the lowest limit not yet fired (no threshold can fire below it)."""
+
+    __slots__ = ("at", "entry", "floor", "key", "spent", "text", "win")
+
+    def __init__(self, at: datetime, win: BillingWindow, key: str, entry: dict[str, Any]):
+        self.at, self.win, self.key, self.entry = at, win, key, entry
+        self.text: str | None = None
+        self.spent = ZERO
+        self.floor: Decimal | None = None
+
+    def set_floor(self, budget: Budget) -> None:
+        fired = self.entry["fired"]
+        unfired = [
+            limit
+            for t, limit in zip(budget.thresholds, _limits(budget), strict=True)
+            if t not in fired
+        ]
+        self.floor = min(unfired) if unfired else None
 
 
 def apply_lines(
@@ -103,11 +126,13 @@ def apply_lines(
     ``state`` maps ``"<budget>|<window_id>"`` to ``{"spent", "fired", "events", "start",
     "end"}``; the keys changed are added to ``touched``. Lines are applied one at a
     time, so the alert names the line that crossed.
+
+    (The spend's text is parsed only when this call did not write it; no threshold is
+    checked while spend is below the lowest limit not yet fired, where none can fire.)
     """
     alerts: list[BudgetAlert] = []
     budgets = plan.budgets
-    # the window of each budget for the last event time seen: an event's lines share it
-    last: list[tuple[datetime | None, BillingWindow | None]] = [(None, None)] * len(budgets)
+    slots: list[_Slot | None] = [None] * len(budgets)
     for line in lines:
         amount = line.amount
         if not amount:
@@ -118,37 +143,44 @@ def apply_lines(
                 line.line_kind == "usage" and line.workflow == budget.workflow
             ):
                 continue
-            seen_at, win = last[b]
-            if win is None or seen_at is not at:
+            slot = slots[b]
+            if slot is None or slot.at is not at:
                 win = window_for(at, budget.window, tz)
-                last[b] = (at, win)
-            key = f"{budget.name}|{win.window_id}"
-            entry = state.get(key)
-            if entry is None:
-                entry = state[key] = {
-                    "spent": "0",
-                    "fired": [],
-                    "events": 0,
-                    "last_event": "",
-                    "start": win.start.isoformat(),
-                    "end": win.end.isoformat(),
-                }
-            if touched is not None:
-                touched.add(key)
+                key = f"{budget.name}|{win.window_id}"
+                if slot is not None and slot.key == key:
+                    slot.at = at  # the same window
+                else:
+                    entry = state.get(key)
+                    if entry is None:
+                        entry = state[key] = {
+                            "spent": "0",
+                            "fired": [],
+                            "events": 0,
+                            "last_event": "",
+                            "start": win.start.isoformat(),
+                            "end": win.end.isoformat(),
+                        }
+                    slot = slots[b] = _Slot(at, win, key, entry)
+                    slot.set_floor(budget)
+                    if touched is not None:
+                        touched.add(key)
+            entry = slot.entry
             if line.event_id and line.event_id != entry["last_event"]:
                 # an event's lines are contiguous: count each contributing event once
                 entry["events"] += 1
                 entry["last_event"] = line.event_id
-            spent = add(from_str(entry["spent"]), amount)
-            entry["spent"] = to_str(spent)
+            text = entry["spent"]
+            # the text this slot wrote (the very object) parses to the Decimal it wrote
+            spent = add(slot.spent if text is slot.text else from_str(text), amount)
+            slot.spent, slot.text = spent, to_str(spent)
+            entry["spent"] = slot.text
+            if slot.floor is None or mul(spent, 100) < slot.floor:
+                continue
+            win = slot.win
             fired = entry["fired"]
-            hundred: Decimal | None = None
+            hundred = mul(spent, 100)
             for t, limit in zip(budget.thresholds, _limits(budget), strict=True):
-                if t in fired:
-                    continue
-                if hundred is None:
-                    hundred = mul(spent, 100)
-                if hundred < limit:
+                if t in fired or hundred < limit:
                     continue
                 fired.append(t)
                 alerts.append(
@@ -169,6 +201,7 @@ def apply_lines(
                         event_id=line.event_id,
                     )
                 )
+            slot.set_floor(budget)
     return alerts
 
 
