@@ -681,3 +681,33 @@ def test_window_for_equals_the_reference_anywhere(ts: datetime, tz_name: str) ->
     """Also in zones with historical offsets that are not whole quarter hours."""
     _same_window(ts, tz_name)
     _same_window(ts.astimezone(ZoneInfo(tz_name)), tz_name)
+
+
+def test_spend_landing_exactly_on_thresholds_alerts_identically() -> None:
+    """Spend reaching a limit exactly (>=, not >), two budgets, late and early lines."""
+    docs = [
+        ("b.yaml", {"price_book": {"name": "default", "versions": [{
+            "version": 1, "effective_from": "2026-01-01T00:00:00Z", "credit_grant": "1",
+            "rates": [{"meter": "api_calls", "charge": "flat", "unit_price": "0.5"},
+                      {"meter": "custom:pages", "charge": "volume", "tiers": [
+                          {"up_to": 4, "unit_price": "1"}, {"unit_price": "0.25"}]}]}]}}),
+        ("t.yaml", {"defaults": {"time_zone": "Europe/Berlin", "billing_window": "day",
+                                 "budgets": [
+            {"name": "d", "window": "day", "amount": "2", "thresholds": [25, 50, 100, 150]},
+            {"name": "w", "workflow": "wf", "window": "month", "amount": "1", "thresholds": [50, 100]},
+        ]}}),
+    ]  # fmt: skip
+    twins = Twins(docs, grace=timedelta(minutes=1), retention=timedelta(days=3))
+    t = datetime(2026, 10, 24, 21, tzinfo=UTC)
+    for i, (hours, calls, pages) in enumerate(
+        [(0, 1, 0), (1, 1, 0), (2, 2, 3), (-1, 1, 2), (3, 4, 0), (30, 1, 1), (2, 3, 0)]
+    ):
+        ev = UsageEvent(
+            event_id=f"e{i}", tenant="x", request_id="r", node_id="n", span_id="s",
+            event_time=t + timedelta(hours=hours), workflow="wf" if i % 2 else "",
+            meters=Meters(api_calls=calls, custom={"pages": pages} if pages else {}),
+        )  # fmt: skip
+        out = twins.event(ev)
+        assert out[0] == "ok"
+    twins.finish()
+    assert json.loads(json.dumps(twins.states["new"]["x"]["budgets"]))  # something was spent
