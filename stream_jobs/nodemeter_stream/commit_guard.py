@@ -20,7 +20,10 @@ named with :func:`guard_topics`, :class:`GuardedConsumer` (one subclass of
 faust-streaming's aiokafka consumer, registered as the ``nodemeter://`` transport):
 
 * ``_add_gap`` logs the jump and counts nothing as acknowledged;
-* ``_new_offset`` commits nothing while the committed record itself is unacknowledged;
+* ``_new_offset`` commits nothing while the committed record itself is unacknowledged,
+  and nothing on a partition never committed before its agent said where it starts
+  (a worker stopped during a ClickHouse outage was seen committing a record a stopping
+  stream had acknowledged, with nothing stored);
 * each agent processes its partitions strictly in offset order (:class:`InOrder`): a
   record ahead of its turn is held back and the partition rewound to the record that is
   due; a timer seeks again where a rewind brought nothing, and where records are behind
@@ -84,8 +87,18 @@ class GuardedConsumer(_AIOKafkaConsumer):  # type: ignore[misc]
         )  # fmt: skip
 
     def _new_offset(self, tp: Any) -> int | None:
-        if guarded(tp.topic) and head_missing(self._acked[tp], self._committed_offset[tp]):
-            return None
+        if guarded(tp.topic):
+            committed = self._committed_offset[tp]
+            if committed is None:
+                # Never committed: Faust would commit from whatever was acknowledged
+                # first. Commit only from where the agent started this partition (set
+                # by agents.effects.Gate once it read the progress of record), and only
+                # once that record itself is acknowledged.
+                committed = getattr(self, "start_offsets", {}).get(tp)
+                if committed is None:
+                    return None
+            if head_missing(self._acked[tp], committed):
+                return None
         result: int | None = _AIOKafkaConsumer._new_offset(self, tp)
         return result
 

@@ -252,3 +252,17 @@ def test_the_worker_app_uses_the_guarded_consumer() -> None:
 
     app = faust_app(WorkerConfig(bootstrap="127.0.0.1:1", app_id="guard-test"))
     assert app.transport.Consumer is commit_guard.GuardedConsumer
+
+
+def test_a_never_committed_partition_commits_only_from_where_its_agent_started() -> None:
+    tp = TP(GUARDED, 1)
+    state = FakeConsumerState()
+    state.ack(tp, 11)  # a stopping stream acknowledged one record, nothing was stored
+    assert faust_own("_new_offset")(state, tp) == 12  # faust alone would commit past 0..10
+    assert faust_method("_new_offset")(state, tp) is None  # no start known: no commit
+    state.start_offsets = {tp: 0}  # type: ignore[attr-defined]
+    assert faust_method("_new_offset")(state, tp) is None  # record 0 not acknowledged
+    fresh = FakeConsumerState()
+    fresh.start_offsets = {tp: 0}  # type: ignore[attr-defined]
+    fresh.ack(tp, *range(0, 12))  # in order from the start: commits normally
+    assert faust_method("_new_offset")(fresh, tp) == 12

@@ -122,6 +122,11 @@ class Gate:
             if committed is not None and committed - 1 > pp.doubt_until:
                 self.progress[tp.partition] = PartitionProgress(-1, committed - 1)
         self.order.start_at = start
+        # where commits of never-committed partitions may start (commit_guard)
+        starts = getattr(consumer, "start_offsets", None)
+        if starts is None:
+            starts = consumer.start_offsets = {}
+        starts.update(start)
         self.order.expected.clear()
         self.on_recover(parts, [r for r in rows if r.scope in self.scopes])
         self.recoveries += 1
