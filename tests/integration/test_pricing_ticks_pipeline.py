@@ -22,6 +22,7 @@ from worker_harness import WorkerProcess, committed, consume_all, end_offsets, p
 
 from nodemeter.codec import decode_payload, encode_record, record_key
 from nodemeter.events import GpuSource, Meters, UsageEvent, event_id_for
+from nodemeter_stream.ingest import forward
 from nodemeter_stream.pricing import load_config
 from nodemeter_stream.pricing.book import EXAMPLES_DIR
 
@@ -33,7 +34,7 @@ D = Decimal
 def october_gpu() -> list[UsageEvent]:
     """30M then 10M H100 ms: provisional 30.00 (tier 1) + 9.00 (40M reached tier 2);
     exact 40M x 0.0000009 = 36.00, so the settlement is -3.00; credit 25.00 either way.
-    One request, so one key and partition: the forward topic carries them in this order
+    One request, so one key and partition: the forward records carry them in this order
     (the provisional split depends on the order; the settled total does not)."""
     out = []
     rid = "acme-oct"
@@ -49,19 +50,22 @@ def october_gpu() -> list[UsageEvent]:
     return out
 
 
-def wait_for_tick(bootstrap: str, topics: Any, worker: WorkerProcess, events: int) -> None:
-    """Until a record beyond the forwarded events is on usage-by-tenant (the tick) and
-    the worker committed everything there."""
-    deadline = time.monotonic() + 45
+def wait_for_tick(bootstrap: str, topics: Any, worker: WorkerProcess) -> list[Any]:
+    """Until a tick (a record that is not a forward of usage events) is on usage-by-tenant
+    and the worker committed everything there; returns the topic's records."""
+    deadline = time.monotonic() + 180
     while True:
         assert worker.alive(), worker.log()[-5000:]
         assert time.monotonic() < deadline, worker.log()[-5000:]
         ends = end_offsets(bootstrap, topics.usage_by_tenant)
-        if sum(ends.values()) > events:
-            got = committed(bootstrap, worker.app_id, topics.usage_by_tenant)
-            if all(got.get(p, -1) >= hi for p, hi in ends.items() if hi):
-                return
-        time.sleep(0.3)
+        total = sum(ends.values())
+        if total >= 2:  # at least one forward and one tick
+            records = consume_all(bootstrap, topics.usage_by_tenant, expect=total, timeout=20)
+            if any(not forward.is_forward(m.value()) for m in records):
+                got = committed(bootstrap, worker.app_id, topics.usage_by_tenant)
+                if all(got.get(p, -1) >= hi for p, hi in ends.items() if hi):
+                    return records
+        time.sleep(0.5)
 
 
 def test_a_quiet_tenants_window_settles_on_a_tick(
@@ -80,14 +84,21 @@ def test_a_quiet_tenants_window_settles_on_a_tick(
     )  # fmt: skip
     worker.start()
     try:
-        wait_for_tick(kafka_bootstrap, topics, worker, len(events))
+        records = wait_for_tick(kafka_bootstrap, topics, worker)
         assert worker.stop() == 0, worker.log()[-3000:]
     finally:
         if worker.alive():
             worker.kill()
 
-    records = consume_all(kafka_bootstrap, topics.usage_by_tenant, expect=len(events) + 1)
-    ticks = [(m.key(), decode_payload(m.value())[1]) for m in records[len(events) :]]
+    forwarded = [
+        e for m in records if forward.is_forward(m.value()) for e in forward.decode(m.value())
+    ]
+    assert len(forwarded) == len(events)  # each event forwarded once (one record per batch)
+    ticks = [
+        (m.key(), decode_payload(m.value())[1])
+        for m in records
+        if not forward.is_forward(m.value())
+    ]
     assert ticks and all(k == b"acme" and t["tenant"] == "acme" for k, t in ticks)
     assert all(t["as_of"] > datetime(2026, 11, 1, 5, tzinfo=UTC) for _, t in ticks)
 
