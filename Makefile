@@ -64,10 +64,11 @@ test-fast: $(STAMP) ## quick loop: everything but the slow integration and fault
 torture: $(STAMP) ## the fault tests K times (K=10) with one core kept busy; logs: .nodemeter/torture/
 	$(BIN)/python bench/torture.py --loops $(K) -- $(PYTEST_ARGS)
 
-check: $(STAMP) ## ruff (lint + format check) and mypy
+check: $(STAMP) ## ruff (lint + format check), mypy, and the pure stages' import contract
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:randomly tests/unit/test_import_contracts.py
 
 fmt: $(STAMP) ## apply ruff formatting and safe fixes
 	$(BIN)/ruff check --fix .
