@@ -114,26 +114,28 @@ def ranges(positions: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], t
     return out
 
 
+def _range_rows(
+    group: str, scope: str, spans: Mapping[tuple[str, int], tuple[int, int]]
+) -> list[Sequence[object]]:
+    v = next_version()
+    return [
+        (group, scope, t, p, "", v, last, first, 0, "")
+        for (t, p), (first, last) in sorted(spans.items())
+    ]
+
+
 def intent_rows(
     group: str, spans: Mapping[tuple[str, int], tuple[int, int]]
 ) -> list[Sequence[object]]:
     """Rows announcing that these offset ranges are being applied."""
-    v = next_version()
-    return [
-        (group, INTENT, t, p, "", v, last, first, 0, "")
-        for (t, p), (first, last) in sorted(spans.items())
-    ]
+    return _range_rows(group, INTENT, spans)
 
 
 def progress_rows(
     group: str, spans: Mapping[tuple[str, int], tuple[int, int]]
 ) -> list[Sequence[object]]:
     """Rows recording that these ranges are applied (last offset per partition)."""
-    v = next_version()
-    return [
-        (group, PROGRESS, t, p, "", v, last, first, 0, "")
-        for (t, p), (first, last) in sorted(spans.items())
-    ]
+    return _range_rows(group, PROGRESS, spans)
 
 
 def state_row(
