@@ -18,6 +18,7 @@ first record not applied, whatever Faust committed).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -45,6 +46,34 @@ def spans_of(events: Sequence[Any]) -> Spans:
     return ranges((e.message.topic, e.message.partition, e.message.offset) for e in events)
 
 
+class CrashPoint:
+    """Fault injection (tests only): ``NODEMETER_FAULT_CRASH_AT=AGENT:STEP:N`` ends the
+    process like a SIGKILL (``os._exit(137)``, nothing flushed) right after STEP
+    (``intent``, ``write``, ``send`` or ``record``) of the agent's N-th batch."""
+
+    def __init__(self, spec: str | None = None) -> None:
+        spec = os.environ.get("NODEMETER_FAULT_CRASH_AT", "") if spec is None else spec
+        self.agent, self.step, self.n = "", "", 0
+        if spec:
+            agent, step, n = spec.split(":")
+            if step not in ("intent", "write", "send", "record"):
+                raise ValueError(f"NODEMETER_FAULT_CRASH_AT step {step!r} is not a batch step")
+            self.agent, self.step, self.n = agent, step, int(n)
+        self.batches: dict[str, int] = {}
+
+    def begin(self, agent: str) -> None:
+        self.batches[agent] = self.batches.get(agent, 0) + 1
+
+    def after(self, agent: str, step: str) -> None:
+        if agent == self.agent and step == self.step and self.batches.get(agent) == self.n:
+            log.warning("fault injection: crashing %s after %s of batch %d", agent, step, self.n)
+            logging.shutdown()
+            os._exit(137)
+
+
+CRASH = CrashPoint()
+
+
 async def apply_batch(
     *,
     sink: ClickHouseSink,
@@ -53,13 +82,19 @@ async def apply_batch(
     blocks: Sequence[Block],
     send: Callable[[], Awaitable[None]] | None,
     states: Sequence[Sequence[object]],
+    agent: str = "",
 ) -> None:
     """Steps 1-4 of a batch (see the module docstring); returns once all are stored."""
+    CRASH.begin(agent)
     await sink.write([store.block(intent_rows(store.group, spans))])
+    CRASH.after(agent, "intent")
     await sink.write(blocks)
+    CRASH.after(agent, "write")
     if send is not None:
         await send()
+    CRASH.after(agent, "send")
     await sink.write([store.block([*states, *progress_rows(store.group, spans)])])
+    CRASH.after(agent, "record")
 
 
 class Gate:

@@ -203,6 +203,7 @@ class Ingest:
                 blocks=blocks,
                 send=lambda: self.send(plan, now_ms),
                 states=rows,
+                agent="ingest_usage",
             )
             for key, st in plan.states.items():
                 self.remember(key, st)

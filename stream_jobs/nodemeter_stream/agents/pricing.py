@@ -217,7 +217,7 @@ class Pricing:
 
         spans = spans_of(events)
         await apply_batch(sink=self.sink, store=self.store, spans=spans, blocks=blocks,
-                          send=send, states=rows)  # fmt: skip
+                          send=send, states=rows, agent="price_usage")  # fmt: skip
         for tenant, (p, st) in res.states.items():
             self.tenants[tenant] = st
             self.tenant_partition[tenant] = p
