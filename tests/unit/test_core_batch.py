@@ -10,11 +10,11 @@ import pytest
 from nodemeter.codec import encode_record
 from nodemeter.events import Meters, RequestEnd, UsageEvent, event_id_for, request_end_id
 from nodemeter_stream.ingest.decode import Classified, Source, classify
+from nodemeter_stream.ingest.dedupe import needs_lookup
 from nodemeter_stream.ingest.merge import RequestState
 from nodemeter_stream.ingest.plan import (
     BatchPlan,
     BatchPolicy,
-    needs_lookup,
     plan_batch,
     plan_sweep,
 )

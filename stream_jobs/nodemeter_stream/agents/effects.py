@@ -118,8 +118,6 @@ class Gate:
         self.order: InOrder = in_order(app, name)
         self.progress: dict[int, PartitionProgress] = {}
         self.generation: Any = object()
-        self.recoveries = 0
-        self.last_recovery_s = 0.0
 
     def assigned(self) -> list[int]:
         return sorted(
@@ -164,11 +162,10 @@ class Gate:
         starts.update(start)
         self.order.expected.clear()
         self.on_recover(parts, [r for r in rows if r.scope in self.scopes])
-        self.recoveries += 1
-        self.last_recovery_s = time.perf_counter() - t0
+        took = time.perf_counter() - t0
         log.info(
             "%s: recovered partitions %s from ClickHouse in %.3f s (%d state rows): %s",
-            self.name, parts, self.last_recovery_s, len(rows),
+            self.name, parts, took, len(rows),
             {p: (pp.applied, pp.doubt_until) for p, pp in self.progress.items()},
         )  # fmt: skip
 

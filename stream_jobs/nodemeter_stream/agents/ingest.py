@@ -34,8 +34,9 @@ from nodemeter_stream.agents.effects import Gate, apply_batch, spans_of
 from nodemeter_stream.app import Worker
 from nodemeter_stream.ingest import forward
 from nodemeter_stream.ingest.decode import Accepted, DeadLetter, Source, classify
+from nodemeter_stream.ingest.dedupe import needs_lookup
 from nodemeter_stream.ingest.merge import Emission, RequestState, state_key, to_us
-from nodemeter_stream.ingest.plan import BatchPlan, needs_lookup, plan_batch, plan_sweep
+from nodemeter_stream.ingest.plan import BatchPlan, plan_batch, plan_sweep
 from nodemeter_stream.ingest.rows import (
     DEAD_LETTER_COLUMNS,
     REQUEST_NODE_COLUMNS,
@@ -111,8 +112,9 @@ class Ingest:
         self.states = {}
         self.open = set()
         self.opened = collections.deque()
-        for r in sorted(rows, key=lambda r: json.loads(r.value)["opened_at_ms"]):
-            self.remember(r.key, RequestState.from_json(json.loads(r.value)))
+        states = [(r.key, RequestState.from_json(json.loads(r.value))) for r in rows]
+        for key, state in sorted(states, key=lambda ks: ks[1].opened_at_ms):
+            self.remember(key, state)
         self.metrics.open_requests.set(len(self.open))
 
     def remember(self, key: str, state: RequestState) -> None:
@@ -196,10 +198,11 @@ class Ingest:
                 for key, st in plan.states.items()
             ]  # fmt: skip
             t_plan = time.perf_counter()
+            spans = spans_of(events)
             await apply_batch(
                 sink=self.sink,
                 store=self.store,
-                spans=spans_of(events),
+                spans=spans,
                 blocks=blocks,
                 send=lambda: self.send(plan, now_ms),
                 states=rows,
@@ -207,7 +210,7 @@ class Ingest:
             )
             for key, st in plan.states.items():
                 self.remember(key, st)
-            self.gate.applied(spans_of(events))
+            self.gate.applied(spans)
         self.count(plan)
         log.info(
             "batch records=%d fresh=%d duplicates=%d dead_letters=%d request_records=%d "

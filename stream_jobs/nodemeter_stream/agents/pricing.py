@@ -113,7 +113,6 @@ class Pricing:
         self.usage_topic = topics.usage
         self.store = StateStore(self.sink, group=cfg.app_id)
         self.tenants: dict[str, dict[str, Any]] = {}  # tenant -> state (this worker's)
-        self.tenant_partition: dict[str, int] = {}
         self.books_written = False
         self.gate = Gate(
             app, "price_usage", store=self.store, topic=topics.usage_by_tenant,
@@ -129,7 +128,6 @@ class Pricing:
 
     def recovered(self, partitions: list[int], rows: list[Any]) -> None:
         self.tenants = {r.key: json.loads(r.value) for r in rows}
-        self.tenant_partition = {r.key: r.partition for r in rows}
 
     async def write_price_books(self) -> None:
         rows = price_book_rows(self.engine.config)
@@ -218,9 +216,7 @@ class Pricing:
         spans = spans_of(events)
         await apply_batch(sink=self.sink, store=self.store, spans=spans, blocks=blocks,
                           send=send, states=rows, agent="price_usage")  # fmt: skip
-        for tenant, (p, st) in res.states.items():
-            self.tenants[tenant] = st
-            self.tenant_partition[tenant] = p
+        self.tenants.update({tenant: st for tenant, (_, st) in res.states.items()})
         self.gate.applied(spans)
         self.m_lines.inc(len(lines))
         self.m_alerts.inc(len(res.alerts))

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from nodemeter.events import UsageEvent
 from nodemeter_stream.ingest.decode import Accepted, Classified, DeadLetter
-from nodemeter_stream.ingest.dedupe import needs_lookup as needs_lookup
 from nodemeter_stream.ingest.merge import Emission, RequestState, apply, due, purgeable, state_key
 
 
