@@ -206,6 +206,18 @@ class InOrder:
     _sought: dict[Any, tuple[int, float]] = field(default_factory=dict)
     _seen_at: dict[Any, float] = field(default_factory=dict)
 
+    def passed(self, tp: Any, offset: int) -> None:
+        """Record ``offset`` of ``tp`` as applied, whoever applied it: a batch processed
+        while a rebalance was under way (unchecked), or a record the agent skipped as
+        already stored. The partition's start and next record move past it, so a
+        re-delivered applied record never leaves this guard waiting for it (a livelock
+        seen after a broker restart: the start stayed at a record processed during the
+        rebalance, which the agent then skipped on every rewind)."""
+        if tp in self.start_at and self.start_at[tp] <= offset:
+            self.start_at[tp] = offset + 1
+        if tp in self.expected and self.expected[tp] <= offset:
+            self.expected[tp] = offset + 1
+
     def settled(self) -> bool:
         """No rebalance under way: positions are those of the current assignment."""
         app = self.app

@@ -23,6 +23,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from faust.types import TP
+
 from nodemeter_stream.commit_guard import InOrder, in_order
 from nodemeter_stream.sink.clickhouse import Block, ClickHouseSink, ack_all
 from nodemeter_stream.sink.progress import (
@@ -183,6 +185,8 @@ class Gate:
             else:
                 keep.append(e)
         if skip:
+            for e in skip:
+                self.order.passed(e.message.tp, e.message.offset)
             await ack_all(stream, skip)
         return await self.order.admit(keep)
 
@@ -192,7 +196,8 @@ class Gate:
 
     def applied(self, spans: Spans) -> None:
         """Record (in memory) that these ranges are stored."""
-        for (_, p), (_, last) in spans.items():
+        for (topic, p), (_, last) in spans.items():
+            self.order.passed(TP(topic, p), last)
             pp = self.progress.get(p, PartitionProgress())
             doubt = pp.doubt_until if pp.doubt_until > last else -1
             self.progress[p] = PartitionProgress(applied=max(pp.applied, last), doubt_until=doubt)
