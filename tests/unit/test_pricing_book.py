@@ -108,3 +108,104 @@ def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
 def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PriceBookError, match="no such file or directory"):
         load_config(tmp_path / "nope")
+
+
+# --- what loads can be stored (issue 12) ---------------------------------------------
+
+_TIERS_MAX = [{"up_to": 2**64 - 1, "unit_price": "1"}, {"unit_price": "0"}]
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (_book({"meter": "cpu_ms", "unit_price": "1"}, version=2**32), "price_book.versions[0].version: must be <= 4294967295"),
+        (_book({"meter": "cpu_ms", "charge": "graduated", "tiers": [{"up_to": 2**64, "unit_price": "1"}, {"unit_price": "0"}]}),
+         "rates[0].tiers[0].up_to: must be <= 18446744073709551615"),
+        (_book({"meter": "cpu_ms", "unit_price": "1", "included_units": 2**64}), "rates[0].included_units: must be <= 18446744073709551615"),
+        (_book({"meter": "cpu_ms", "charge": "package", "package_size": 2**64, "package_price": "1"}),
+         "rates[0].package_size: must be <= 18446744073709551615"),
+        (_book({"meter": "cpu_ms", "unit_price": "1"}, effective_from="2300-01-01T00:00:00Z"), "effective_from: '2300-01-01T00:00:00Z' is outside"),
+        (_book({"meter": "cpu_ms", "unit_price": "1"}, effective_from="1899-12-31T00:00:00Z"), "is outside the storable years"),
+        (_book({"meter": "cpu_ms", "charge": "volume", "tiers": [{"up_to": i + 1, "unit_price": "1"} for i in range(65535)] + [{"unit_price": "0"}]}),
+         "rates[0].tiers: 65536 tiers; at most 65535"),
+        ({**_book({"meter": "cpu_ms", "unit_price": "1"}), "tenants": {"acme corp": {}}}, "tenants.acme corp: not a valid tenant id"),
+        ({**_book({"meter": "cpu_ms", "unit_price": "1"}), "tenants": {"a'b": {}}}, "tenants.a'b: not a valid tenant id"),
+        ({**_book({"meter": "cpu_ms", "unit_price": "1"}), "tenants": {True: {}}}, "tenants: field names must be strings, got True"),
+        ({**_book({"meter": "cpu_ms", "unit_price": "1"}), "tenants": {"x" * 129: {}}}, "not a valid tenant id"),
+    ],
+)  # fmt: skip
+def test_values_that_cannot_be_stored_fail_at_load(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(PriceBookError) as err:
+        parse_documents([("books.yaml", doc)])
+    assert message in str(err.value)
+    assert str(err.value).startswith("books.yaml: ")
+
+
+def test_the_largest_storable_values_load() -> None:
+    rates = [
+        {"meter": "cpu_ms", "unit_price": "1", "included_units": 2**64 - 1},
+        {"meter": "gpu_ms", "charge": "graduated", "tiers": _TIERS_MAX},
+        {"meter": "api_calls", "charge": "package", "package_size": 2**64 - 1, "package_price": "1"},
+    ]  # fmt: skip
+    doc = _book(rates[0], version=2**32 - 1, effective_from="2299-12-31T00:00:00Z")
+    doc["price_book"]["versions"][0]["rates"] = rates
+    v = parse_documents([("books.yaml", doc)]).books["default"].versions[0]
+    assert v.version == 2**32 - 1
+    assert [r.included_units for r in v.rates] == [2**64 - 1, 0, 0]
+    assert v.rates[1].tiers[0].up_to == 2**64 - 1 and v.rates[2].package_size == 2**64 - 1
+
+
+YAML_BOOK = """\
+price_book:
+  name: default
+  versions:
+    - version: 1
+      effective_from: '2026-01-01T00:00:00Z'
+      rates:
+        - meter: cpu_ms
+          unit_price: '0.001'
+          unit_price: '0.000001'
+"""
+
+
+def test_a_duplicate_yaml_key_fails_naming_file_field_and_line(tmp_path: Path) -> None:
+    (tmp_path / "b.yaml").write_text(YAML_BOOK)
+    with pytest.raises(PriceBookError) as err:
+        load_config(tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'b.yaml'}: price_book.versions[0].rates[0].unit_price: ")
+    assert "duplicate key 'unit_price' at line 9 (first at line 8" in msg
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tenants:\n  acme: {}\n  acme: {price_book: gold}\n",
+        "price_book: {name: a, versions: []}\nprice_book: {name: b, versions: []}\n",
+    ],
+)
+def test_duplicate_top_level_and_tenant_keys_fail(tmp_path: Path, text: str) -> None:
+    (tmp_path / "b.yaml").write_text(text)
+    with pytest.raises(PriceBookError, match="duplicate key"):
+        load_config(tmp_path)
+
+
+def test_yaml_merge_keys_may_override(tmp_path: Path) -> None:
+    # `<<: *base` then a key of its own is YAML's way to override: not a duplicate
+    (tmp_path / "b.yaml").write_text(
+        YAML_BOOK.replace("          unit_price: '0.000001'\n", "")
+        + "tenants:\n  base: &base {time_zone: UTC, billing_window: month}\n"
+        "  acme:\n    <<: *base\n    billing_window: day\n"
+    )
+    assert load_config(tmp_path).tenants["acme"].billing_window is WindowKind.DAY
+
+
+def test_a_duplicate_json_key_fails_naming_file_and_field(tmp_path: Path) -> None:
+    (tmp_path / "b.json").write_text(
+        '{"price_book": {"name": "default", "versions": [{"version": 1, "version": 2,'
+        ' "effective_from": "2026-01-01T00:00:00Z", "rates": []}]}}'
+    )
+    with pytest.raises(PriceBookError) as err:
+        load_config(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'b.json'}: price_book.versions[0].version: ")
+    assert "duplicate key 'version'" in str(err.value)

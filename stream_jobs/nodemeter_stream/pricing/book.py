@@ -17,6 +17,13 @@ holding any of ``price_books`` (a list) / ``price_book`` (one), ``tenants`` and
 ``defaults``. Prices are decimal *strings*: a YAML/JSON float is refused because it
 cannot hold a price exactly. Every error names the file and the field path. See
 ``docs/pricing.md`` for the format and ``pricing/examples/`` for an example set.
+
+What loads can be stored: numbers are bounded by their ClickHouse columns
+(``version`` UInt32, ``up_to`` / ``included_units`` / ``package_size`` UInt64, at most
+65,535 tiers: UInt16; ``effective_from`` within DateTime64's 1900-2299), a key given
+twice in one mapping is an error (YAML and JSON would keep the last silently), and
+tenant keys are valid tenant ids. A book the worker cannot write to ``price_book_rates``
+would stall pricing: it fails here, at load, instead.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from nodemeter.events import _CUSTOM_RE, METER_NAMES
+from nodemeter.errors import InvalidUsageError
+from nodemeter.events import _CUSTOM_RE, METER_NAMES, validate_tenant
 from nodemeter_stream.pricing.errors import PriceBookError
 from nodemeter_stream.pricing.money import ZERO, parse_price
 from nodemeter_stream.pricing.windows import WindowKind, zone
@@ -42,6 +50,12 @@ DEFAULT_THRESHOLDS: tuple[int, ...] = (50, 80, 100)
 ENV_PATH = "NODEMETER_PRICEBOOKS"
 # The example set (a default book, three tenant plans) shipped with the package.
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+# Column bounds in price_book_rates / priced_lines (migrations 004, 005).
+MAX_VERSION = 2**32 - 1  # UInt32
+MAX_UNITS = 2**64 - 1  # UInt64: up_to, included_units, package_size
+MAX_TIERS = 2**16 - 1  # UInt16 tier index (1-based)
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)  # DateTime64's range
+LATEST = datetime(2299, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 class ChargeModel(StrEnum):
@@ -212,6 +226,9 @@ class _Reader:
     ) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise self.fail(where, f"expected a mapping, got {type(value).__name__}")
+        odd = next((k for k in value if not isinstance(k, str)), None)
+        if odd is not None:
+            raise self.fail(where, f"field names must be strings, got {odd!r}")
         if allowed is not None:
             unknown = sorted(set(value) - set(allowed))
             if unknown:
@@ -228,11 +245,13 @@ class _Reader:
             raise self.fail(where, f"expected a non-empty string, got {value!r}")
         return value.strip()
 
-    def integer(self, value: Any, where: str, *, minimum: int = 0) -> int:
+    def integer(self, value: Any, where: str, *, minimum: int = 0, maximum: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(where, f"expected an integer, got {value!r}")
         if value < minimum:
             raise self.fail(where, f"must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise self.fail(where, f"must be <= {maximum} (the stored column's limit), got {value}")
         return value
 
     def price(self, value: Any, where: str) -> Decimal:
@@ -253,7 +272,10 @@ class _Reader:
             raise self.fail(where, f"expected an ISO 8601 time string, got {value!r}")
         if ts.tzinfo is None:
             raise self.fail(where, f"{value!r} has no UTC offset; write e.g. 2026-01-01T00:00:00Z")
-        return ts.astimezone(UTC)
+        ts = ts.astimezone(UTC)
+        if not EARLIEST <= ts <= LATEST:
+            raise self.fail(where, f"{value!r} is outside the storable years 1900-2299")
+        return ts
 
     def choice(self, value: Any, where: str, enum: type[StrEnum]) -> Any:
         try:
@@ -289,6 +311,8 @@ def _tiers(r: _Reader, value: Any, where: str) -> tuple[Tier, ...]:
     items = r.seq(value, where)
     if not items:
         raise r.fail(where, "needs at least one tier")
+    if len(items) > MAX_TIERS:
+        raise r.fail(where, f"{len(items)} tiers; at most {MAX_TIERS} can be stored")
     tiers: list[Tier] = []
     previous = 0
     for i, raw in enumerate(items):
@@ -302,7 +326,7 @@ def _tiers(r: _Reader, value: Any, where: str) -> tuple[Tier, ...]:
             if not last:
                 raise r.fail(w, "only the last tier may omit up_to (it is unbounded)")
         else:
-            up_to = r.integer(up_to, f"{w}.up_to", minimum=1)
+            up_to = r.integer(up_to, f"{w}.up_to", minimum=1, maximum=MAX_UNITS)
             if up_to <= previous:
                 raise r.fail(f"{w}.up_to", f"tier bounds must increase ({up_to} <= {previous})")
             if last:
@@ -325,7 +349,9 @@ def _rate(r: _Reader, raw: Any, where: str) -> Rate:
         "model": r.string(d["model"], f"{where}.model") if "model" in d else ANY,
         "provider": r.string(d["provider"], f"{where}.provider") if "provider" in d else ANY,
         "gpu_type": gpu_type,
-        "included_units": r.integer(d.get("included_units", 0), f"{where}.included_units"),
+        "included_units": r.integer(
+            d.get("included_units", 0), f"{where}.included_units", maximum=MAX_UNITS
+        ),
     }
     needs = {
         ChargeModel.FLAT: {"unit_price"},
@@ -343,7 +369,9 @@ def _rate(r: _Reader, raw: Any, where: str) -> Rate:
     if charge is ChargeModel.FLAT:
         kwargs["unit_price"] = r.price(d["unit_price"], f"{where}.unit_price")
     elif charge is ChargeModel.PACKAGE:
-        kwargs["package_size"] = r.integer(d["package_size"], f"{where}.package_size", minimum=1)
+        kwargs["package_size"] = r.integer(
+            d["package_size"], f"{where}.package_size", minimum=1, maximum=MAX_UNITS
+        )
         kwargs["package_price"] = r.price(d["package_price"], f"{where}.package_price")
     else:
         kwargs["tiers"] = _tiers(r, d["tiers"], f"{where}.tiers")
@@ -359,7 +387,7 @@ def _book(r: _Reader, raw: Any, where: str) -> PriceBook:
     for i, vraw in enumerate(r.seq(d.get("versions"), f"{where}.versions")):
         w = f"{where}.versions[{i}]"
         v = r.mapping(vraw, w, allowed=("version", "effective_from", "credit_grant", "rates"))
-        number = r.integer(v.get("version"), f"{w}.version", minimum=1)
+        number = r.integer(v.get("version"), f"{w}.version", minimum=1, maximum=MAX_VERSION)
         rates = tuple(
             _rate(r, x, f"{w}.rates[{j}]")
             for j, x in enumerate(r.seq(v.get("rates", []), f"{w}.rates"))
@@ -398,7 +426,10 @@ def _budget(r: _Reader, raw: Any, where: str) -> Budget:
     thresholds = DEFAULT_THRESHOLDS
     if "thresholds" in d:
         items = r.seq(d["thresholds"], f"{where}.thresholds")
-        parsed = [r.integer(t, f"{where}.thresholds[{i}]", minimum=1) for i, t in enumerate(items)]
+        parsed = [
+            r.integer(t, f"{where}.thresholds[{i}]", minimum=1, maximum=2**16 - 1)
+            for i, t in enumerate(items)
+        ]
         if not parsed or parsed != sorted(set(parsed)) or parsed[-1] > 1000:
             raise r.fail(
                 f"{where}.thresholds",
@@ -449,15 +480,68 @@ def _plan(r: _Reader, tenant: str, raw: Any, where: str, base: TenantPlan | None
     )
 
 
+class _Pairs(list[tuple[Any, Any]]):
+    """A JSON object as its key/value pairs, in order, duplicates kept (checked later)."""
+
+
+def _json_unique(value: Any, source: str, where: str = "(top)") -> Any:
+    """The parsed JSON with objects as dicts; a key given twice in one object fails."""
+    if isinstance(value, _Pairs):
+        out: dict[str, Any] = {}
+        for k, v in value:
+            path = k if where == "(top)" else f"{where}.{k}"
+            if k in out:
+                raise PriceBookError(
+                    f"duplicate key {k!r} (JSON would keep the last silently)",
+                    source=source,
+                    where=path,
+                )
+            out[k] = _json_unique(v, source, path)
+        return out
+    if isinstance(value, list):
+        return [_json_unique(v, source, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _yaml_unique(node: Any, source: str, where: str = "(top)") -> None:
+    """Walk a composed YAML node tree; a key given twice in one mapping fails (with its
+    line), where yaml.safe_load would keep the last value silently."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: overriding is its point
+                _yaml_unique(value, source, where)
+                continue
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            path = name if where == "(top)" else f"{where}.{name}"
+            ident = (key.tag, name)
+            if isinstance(key, yaml.ScalarNode) and ident in seen:
+                raise PriceBookError(
+                    f"duplicate key {name!r} at line {key.start_mark.line + 1} (first at line "
+                    f"{seen[ident]}; YAML would keep the last silently)",
+                    source=source,
+                    where=path,
+                )
+            seen[ident] = key.start_mark.line + 1
+            _yaml_unique(value, source, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _yaml_unique(item, source, f"{where}[{i}]")
+
+
 def _parse_text(text: str, source: str) -> Any:
     if source.endswith(".json"):
         try:
-            return json.loads(text)
+            pairs = json.loads(text, object_pairs_hook=_Pairs)
         except json.JSONDecodeError as exc:
             raise PriceBookError(f"invalid JSON: {exc}", source=source) from None
+        return _json_unique(pairs, source)
     import yaml
 
     try:
+        _yaml_unique(yaml.compose(text, Loader=yaml.SafeLoader), source)
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PriceBookError(f"invalid YAML: {exc}", source=source) from None
@@ -493,7 +577,11 @@ def parse_documents(docs: Sequence[tuple[str, Any]]) -> PricingConfig:
             books[pb.name] = pb
             book_src[pb.name] = source
         for tenant, t in r.mapping(top.get("tenants", {}), "tenants").items():
-            raw_tenants.append((r, str(tenant), t))
+            try:
+                validate_tenant(tenant)
+            except InvalidUsageError as exc:
+                raise r.fail(f"tenants.{tenant}", f"not a valid tenant id: {exc}") from None
+            raw_tenants.append((r, tenant, t))
         if "unknown_tenants" in top:
             policy = top["unknown_tenants"]
             if policy not in ("default", "reject"):
