@@ -7,24 +7,43 @@ For services in other languages and for scripts. One JSON object per line:
     {"type": "request_end", "tenant": "acme", "request_id": "r1", "span_count": 1}
 
 Usage fields: tenant, request_id, node_id (required); span_id (default: node_id),
-sequence (default 0), event_id (default: derived from tenant, request, span and
-sequence, so re-running the script re-sends the same ids), parent_span_id,
-branch_path, workflow, model, provider, status, billable, non_billable_reason,
-event_time (ISO 8601 with a zone; default now), attributes, trace_id, and
-meters (an object; its fields may also be given at the top level).
-A bad line is reported with its line number and skipped; the exit status is 1
-if any line was rejected, 0 otherwise. Undeliverable records go to the spool.
+sequence, event_id (default: derived from tenant, request, span and sequence, so
+re-running the script re-sends the same ids), parent_span_id, branch_path, workflow,
+model, provider, status, billable, non_billable_reason, event_time (ISO 8601 with a
+zone; default now), attributes, trace_id, and meters (an object; its fields may also
+be given at the top level; ``custom`` is an object of name -> integer).
+
+Without ``sequence``, the records of one span are numbered in input order (0, 1, ...
+per tenant, request and span), as the SDK numbers ``record()`` calls: two lines for
+the same node are two records, and a re-run of the same input sends the same ids. A
+rejected line keeps its number, so fixing it and re-running changes no other id. An
+event id given twice in one input (same explicit ``sequence`` or ``event_id``) is
+refused on its second line: the pipeline would drop it as a duplicate.
+
+Each bad line (not JSON, not UTF-8, longer than ``--max-line-bytes``, invalid) is
+reported as ``line N: reason: detail`` and skipped; the run goes on. Exit status:
+
+    0  every line valid, every record delivered
+    1  some lines rejected; every valid record delivered
+    2  bad arguments
+    3  delivery failed: records were spooled (a later run with the same spool
+       directory, or ``Meter.replay()``, re-sends them)
+    4  records lost (neither delivered nor spooled) or stdin unreadable
+
+The highest that applies wins. ``--dry-run`` exits 0 or 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from nodemeter import __version__
 from nodemeter.errors import InvalidUsageError, NodemeterError
@@ -44,6 +63,67 @@ from nodemeter.events import (
 
 PRODUCER = f"nodemeter-emit/{__version__}"
 _METER_FIELDS = (*METER_NAMES, "gpu_type", "gpu_source", "custom")
+# A usage record encodes to at most MAX_EVENT_BYTES (64 KiB); its JSON, with escapes,
+# stays well under this. Longer lines are refused without being held in memory.
+MAX_LINE_BYTES = 1024 * 1024
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_SPOOLED = 3
+EXIT_LOST = 4
+
+
+@dataclass(frozen=True)
+class LineTooLong:
+    """A line over the cap, read past and dropped; ``size`` bytes (newline excluded)."""
+
+    size: int
+    limit: int = MAX_LINE_BYTES
+
+
+def read_lines(stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[bytes | LineTooLong]:
+    """The lines of a byte stream, each at most ``max_bytes``; a longer one is skipped to
+    its end and given as ``LineTooLong`` (memory stays under ``max_bytes`` per line)."""
+    while True:
+        line = stream.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_bytes or (len(line) == max_bytes + 1 and line.endswith(b"\n")):
+            yield line
+            continue
+        size = len(line)
+        while not line.endswith(b"\n"):
+            line = stream.readline(64 * 1024)
+            if not line:
+                break
+            size += len(line)
+        yield LineTooLong(size - (1 if line.endswith(b"\n") else 0), max_bytes)
+
+
+@dataclass
+class _Numbering:
+    """Sequences for lines without one, and the event ids seen (as 16-byte digests,
+    with the line that first had each)."""
+
+    used: dict[tuple[str, str, str], set[int]] = field(default_factory=dict)
+    next_free: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    ids: dict[bytes, int] = field(default_factory=dict)
+
+    def claim(self, key: tuple[str, str, str], sequence: int | None) -> int:
+        used = self.used.setdefault(key, set())
+        if sequence is None:
+            sequence = self.next_free.get(key, 0)
+            while sequence in used:
+                sequence += 1
+            self.next_free[key] = sequence + 1
+        used.add(sequence)
+        return sequence
+
+    def first_line_of(self, event_id: str, lineno: int) -> int | None:
+        digest = hashlib.blake2b(event_id.encode(), digest_size=16).digest()
+        first = self.ids.setdefault(digest, lineno)
+        return None if first == lineno else first
 
 
 def _time(value: Any, now: Callable[[], datetime]) -> datetime:
@@ -82,8 +162,27 @@ def _bool(value: Any) -> bool:
     return value
 
 
-def record_from_json(obj: Any, *, now: Callable[[], datetime] = utcnow) -> Record:
-    """Build (not yet validate) a record from one parsed JSON line."""
+def _custom(value: Any) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidUsageError(
+            f"custom must be an object of name -> integer, got {type(value).__name__}",
+            reason="invalid_meter",
+        )
+    return value
+
+
+def record_from_json(
+    obj: Any,
+    *,
+    now: Callable[[], datetime] = utcnow,
+    sequence_for: Callable[[tuple[str, str, str], int | None], int] | None = None,
+) -> Record:
+    """Build (not yet validate) a record from one parsed JSON line.
+
+    ``sequence_for(key, given)``: the sequence of a usage record (``given`` is the
+    line's own or None); without it a line without ``sequence`` gets 0."""
     if not isinstance(obj, dict):
         raise InvalidUsageError("each line must be a JSON object", reason="invalid_json")
     kind = obj.get("type", "usage_event")
@@ -113,9 +212,15 @@ def record_from_json(obj: Any, *, now: Callable[[], datetime] = utcnow) -> Recor
     if not node_id or not isinstance(node_id, str):
         raise InvalidUsageError("node_id is required", reason="missing_node_id")
     span_id = obj.get("span_id") or node_id
-    sequence = obj.get("sequence", 0)
-    if isinstance(sequence, bool) or not isinstance(sequence, int):
+    if not isinstance(span_id, str):
+        raise InvalidUsageError("span_id must be a string", reason="invalid_id")
+    given = obj.get("sequence")
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int)):
         raise InvalidUsageError("sequence must be an integer", reason="invalid_sequence")
+    if sequence_for is not None and not obj.get("event_id"):
+        sequence = sequence_for((tenant, request_id, span_id), given)
+    else:
+        sequence = 0 if given is None else given
     m: Mapping[str, Any] = obj.get("meters") or {k: obj[k] for k in _METER_FIELDS if k in obj}
     if not isinstance(m, dict):
         raise InvalidUsageError("meters must be an object", reason="invalid_meters")
@@ -127,7 +232,7 @@ def record_from_json(obj: Any, *, now: Callable[[], datetime] = utcnow) -> Recor
         **{k: m.get(k, 0) for k in METER_NAMES},
         gpu_type=m.get("gpu_type") or "",
         gpu_source=_enum(GpuSource, m.get("gpu_source"), gpu_default),
-        custom=m.get("custom") or {},
+        custom=_custom(m.get("custom")),
     )
     return UsageEvent(
         event_id=obj.get("event_id") or event_id_for(tenant, request_id, span_id, sequence),
@@ -152,26 +257,68 @@ def record_from_json(obj: Any, *, now: Callable[[], datetime] = utcnow) -> Recor
     )
 
 
+def _record_of(line: str | bytes | LineTooLong, lineno: int, numbering: _Numbering) -> Record:
+    """One line's record, or InvalidUsageError with the reason it is refused."""
+    if isinstance(line, LineTooLong):
+        raise InvalidUsageError(
+            f"line is {line.size} bytes; the limit is {line.limit} (--max-line-bytes)",
+            reason="line_too_long",
+        )
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidUsageError(
+                f"not UTF-8 (byte {line[exc.start]:#04x} at offset {exc.start})",
+                reason="invalid_utf8",
+            ) from None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InvalidUsageError(str(exc), reason="invalid_json") from None
+    except RecursionError:
+        raise InvalidUsageError("JSON nested too deeply", reason="invalid_json") from None
+    record = record_from_json(obj, sequence_for=numbering.claim)
+    validate_record(record)
+    first = numbering.first_line_of(record.event_id, lineno)
+    if first is not None:
+        raise InvalidUsageError(
+            f"event id {record.event_id} was already sent from line {first}: the pipeline "
+            "would drop this record as a duplicate; give it its own sequence (or leave "
+            "sequence and event_id out to number the span's records in order)",
+            reason="duplicate_event_id",
+        )
+    return record
+
+
 def emit_lines(
-    lines: Iterable[str], send: Callable[[Record], None], errors: TextIO
+    lines: Iterable[str | bytes | LineTooLong], send: Callable[[Record], None], errors: TextIO
 ) -> tuple[int, int]:
-    """Parse, validate and send each line; returns (sent, rejected)."""
+    """Parse, validate and send each line; returns (sent, rejected).
+
+    A line that cannot become a valid record is reported (``line N: reason: detail``)
+    and skipped, whatever went wrong with it. ``send`` refusing a record (too large
+    once encoded) rejects its line; any other error from ``send`` is a delivery
+    failure and propagates."""
     sent = rejected = 0
+    numbering = _Numbering()
     for lineno, line in enumerate(lines, 1):
-        if not line.strip():
+        if not isinstance(line, LineTooLong) and not line.strip():
             continue
         try:
-            record = record_from_json(json.loads(line))
-            validate_record(record)
-            send(record)
-            sent += 1
-        except json.JSONDecodeError as exc:
+            record = _record_of(line, lineno, numbering)
+        except Exception as exc:  # a bad line never stops the run (RecursionError too)
             rejected += 1
-            print(f"line {lineno}: invalid_json: {exc}", file=errors)
-        except (InvalidUsageError, TypeError, ValueError) as exc:
-            rejected += 1
-            reason = getattr(exc, "reason", "invalid")
+            reason = getattr(exc, "reason", None) or f"invalid ({type(exc).__name__})"
             print(f"line {lineno}: {reason}: {exc}", file=errors)
+            continue
+        try:
+            send(record)
+        except InvalidUsageError as exc:
+            rejected += 1
+            print(f"line {lineno}: {exc.reason}: {exc}", file=errors)
+            continue
+        sent += 1
     return sent, rejected
 
 
@@ -191,9 +338,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="validate and encode only; print event ids, send nothing",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for delivery")
+    parser.add_argument(
+        "--max-line-bytes",
+        type=int,
+        default=MAX_LINE_BYTES,
+        help=f"longer lines are rejected unread (default {MAX_LINE_BYTES})",
+    )
+
+
+def _stdin(max_bytes: int) -> Iterator[bytes | LineTooLong]:
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream (tests): its lines, encoded back
+        return (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+    return read_lines(stream, max_bytes)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_line_bytes < 1:
+        print("nodemeter emit: --max-line-bytes must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run(args)
+    except OSError as exc:  # stdin unreadable
+        print(f"nodemeter emit: cannot read stdin: {exc}", file=sys.stderr)
+        return EXIT_LOST
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from nodemeter.codec import encode_record
 
@@ -201,9 +372,9 @@ def run(args: argparse.Namespace) -> int:
             encode_record(record)
             print(record.event_id)
 
-        sent, rejected = emit_lines(sys.stdin, show, sys.stderr)
+        sent, rejected = emit_lines(_stdin(args.max_line_bytes), show, sys.stderr)
         print(f"nodemeter emit: {sent} valid, {rejected} rejected (dry run)", file=sys.stderr)
-        return 1 if rejected else 0
+        return EXIT_REJECTED if rejected else EXIT_OK
 
     from nodemeter.meter import Meter, MeterConfig
 
@@ -215,17 +386,31 @@ def run(args: argparse.Namespace) -> int:
     if args.spool_dir:
         kwargs["spool_dir"] = args.spool_dir
     meter = Meter(MeterConfig(**kwargs))
+    failure = None
+    sent = rejected = 0
     try:
-        sent, rejected = emit_lines(sys.stdin, meter.emit_validated, sys.stderr)
+        sent, rejected = emit_lines(_stdin(args.max_line_bytes), meter.emit_validated, sys.stderr)
         meter.flush(args.timeout)
+    except NodemeterError as exc:  # the meter could not take a record
+        failure = exc
     finally:
         meter.close(timeout=args.timeout)
     stats = meter.stats
     print(
         f"nodemeter emit: {sent} sent, {rejected} rejected; delivered {stats.delivered}, "
-        f"spooled {stats.spooled}",
+        f"spooled {stats.spooled}, lost {stats.lost}",
         file=sys.stderr,
     )
-    if stats.lost:
-        raise NodemeterError(f"{stats.lost} records could neither be delivered nor spooled")
-    return 1 if rejected else 0
+    if failure is not None or stats.lost:
+        why = failure or f"{stats.lost} records could neither be delivered nor spooled"
+        print(f"nodemeter emit: error: {why}", file=sys.stderr)
+        return EXIT_LOST
+    if stats.spooled:
+        print(
+            f"nodemeter emit: delivery failed: {stats.spooled} records spooled to "
+            f"{meter.config.spool_dir}; a later run with the same spool directory "
+            "re-sends them",
+            file=sys.stderr,
+        )
+        return EXIT_SPOOLED
+    return EXIT_REJECTED if rejected else EXIT_OK
