@@ -48,6 +48,7 @@ from nodemeter.errors import (
 )
 from nodemeter.events import MAX_EVENT_BYTES, Record, utcnow, validate_record
 from nodemeter.fastcodec import Encoded
+from nodemeter.redact import redact_mapping, redact_url
 from nodemeter.spool import FSYNC_POLICIES, FsyncPolicy, Spool, read_segment
 
 log = logging.getLogger("nodemeter")
@@ -56,7 +57,6 @@ PRODUCER_NAME = f"nodemeter-py/{__version__}"
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 # Settings that make delivery exactly-once per partition; a caller may not turn them off.
 _PINNED = {"enable.idempotence": True, "acks": "all"}
-_SECRET_HINTS = ("password", "secret", "token", "key")
 # librdkafka setting (served by confluent-kafka's own callback trampoline): call the
 # Python delivery callback for failed deliveries only. Owned by report_successes.
 _ONLY_ERROR = "delivery.report.only.error"
@@ -164,10 +164,9 @@ class MeterConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "producer_config":
-                value = {
-                    k: ("***" if any(h in k.lower() for h in _SECRET_HINTS) else v)
-                    for k, v in value.items()
-                }
+                value = redact_mapping(value)
+            elif f.name == "registry_url" and value is not None:
+                value = redact_url(value)
             parts.append(f"{f.name}={value!r}")
         return f"MeterConfig({', '.join(parts)})"
 

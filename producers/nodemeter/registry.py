@@ -28,6 +28,7 @@ from nodemeter.codec import (
 )
 from nodemeter.errors import DecodeError, RegistryError, UnknownSchemaError
 from nodemeter.events import Record, UsageEvent
+from nodemeter.redact import redact_url
 
 CONFLUENT_MAGIC = b"\x00"
 _CT = "application/vnd.schemaregistry.v1+json"
@@ -37,14 +38,20 @@ class RegistryClient:
     """Register and look up schemas on a Confluent-compatible registry."""
 
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RegistryError(f"registry URL must be http(s)://host[:port], got {url!r}")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RegistryError(
+                f"registry URL must be http(s)://host[:port], got {redact_url(url)!r}"
+            )
         self._auth: str | None = None
         if parts.username:
             cred = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
             self._auth = "Basic " + base64.b64encode(cred.encode()).decode()
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        netloc = parts.hostname + (f":{port}" if port else "")
         self.base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.timeout = timeout
         self._ids: dict[tuple[str, str], int] = {}

@@ -4,10 +4,13 @@
                            are resolved against the working directory); one process
                            owns a path at a time
     chdb://memory          embedded, in memory
-    http(s)://HOST:PORT    a ClickHouse server (user/password in the URL or env)
+    http(s)://USER@HOST:PORT  a ClickHouse server
 
 The URL comes from ``NODEMETER_CLICKHOUSE_URL``; the default is
-``chdb://.nodemeter/chdb``. The database (``NODEMETER_CLICKHOUSE_DATABASE``, default
+``chdb://.nodemeter/chdb``. A server's password comes from the file named by
+``NODEMETER_CLICKHOUSE_PASSWORD_FILE`` (its first line) or from
+``NODEMETER_CLICKHOUSE_PASSWORD``, and wins over one in the URL: a password on a
+command line (``--url http://user:pass@...``) is readable by every user of the machine. The database (``NODEMETER_CLICKHOUSE_DATABASE``, default
 ``nodemeter``) is created when missing.
 """
 
@@ -21,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from nodemeter.errors import ConfigError
+from nodemeter.redact import redact_url
 
 DEFAULT_URL = "chdb://.nodemeter/chdb"
 DEFAULT_DATABASE = "nodemeter"
@@ -57,14 +61,26 @@ class ClickHouseConfig:
         return str(Path(rest).expanduser().resolve())
 
     def redacted(self) -> str:
-        """The URL with any password replaced, safe to print."""
-        parts = urlsplit(self.url)
-        if parts.password:
-            return self.url.replace(f":{parts.password}@", ":***@")
-        return self.url
+        """The URL with its password and secret query parameters masked, safe to print."""
+        return redact_url(self.url)
 
     def __repr__(self) -> str:
         return f"ClickHouseConfig(url={self.redacted()!r}, database={self.database!r})"
+
+
+def server_password() -> str | None:
+    """The server password from ``NODEMETER_CLICKHOUSE_PASSWORD_FILE`` or
+    ``NODEMETER_CLICKHOUSE_PASSWORD``; None: the URL's, if any."""
+    path = os.environ.get("NODEMETER_CLICKHOUSE_PASSWORD_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"NODEMETER_CLICKHOUSE_PASSWORD_FILE: cannot read {path}: {exc}"
+            ) from None
+    return os.environ.get("NODEMETER_CLICKHOUSE_PASSWORD") or None
 
 
 def connect(config: ClickHouseConfig | None = None, *, create_database: bool = True) -> Any:
@@ -78,7 +94,8 @@ def connect(config: ClickHouseConfig | None = None, *, create_database: bool = T
             Path(path).mkdir(parents=True, exist_ok=True)
         client = clickhouse_connect.get_client(interface="chdb", path=path)
     else:
-        client = clickhouse_connect.get_client(dsn=config.url)
+        # an empty password lets the DSN's own (if any) apply
+        client = clickhouse_connect.get_client(dsn=config.url, password=server_password() or "")
     if create_database:
         client.command(f"CREATE DATABASE IF NOT EXISTS {config.database}")
     client.database = config.database
