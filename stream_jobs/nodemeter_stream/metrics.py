@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+DEFAULT_HOST = "127.0.0.1"
 
 
 class WorkerMetrics:
@@ -56,7 +60,12 @@ class WorkerMetrics:
             "nodemeter_open_requests", "Requests merged but not yet closed", registry=r
         )
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on ``port`` (0 = off)."""
-        if port:
-            start_http_server(port, registry=self.registry)
+    def serve(self, port: int, host: str = DEFAULT_HOST) -> Any:
+        """Expose /metrics on ``host:port`` (port 0 = off); returns the HTTP server.
+
+        Loopback by default: the metrics name topics and partitions and need no
+        network; give ``host`` (``--metrics-host 0.0.0.0``) for a scraper elsewhere."""
+        if not port:
+            return None
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return server

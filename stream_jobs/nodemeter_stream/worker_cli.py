@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from nodemeter_stream.app import WorkerConfig, build_app
+from nodemeter_stream.metrics import DEFAULT_HOST as DEFAULT_METRICS_HOST
 from nodemeter_stream.sink.store import ClickHouseConfig
 from nodemeter_stream.topics import ensure_topics
 
@@ -39,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a("--sweep-interval", type=float, dest="sweep_interval_s", help="seconds (5)")
     a("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
+    a(
+        "--metrics-host",
+        default=DEFAULT_METRICS_HOST,
+        help=f"address /metrics listens on ({DEFAULT_METRICS_HOST}; 0.0.0.0: all interfaces)",
+    )
     a("--session-timeout", type=float, dest="session_timeout_s", help="seconds (30)")
     a("--heartbeat-interval", type=float, dest="heartbeat_interval_s", help="seconds (3)")
     a("--commit-interval", type=float, dest="commit_interval_s", help="offset commit, seconds (1)")
@@ -134,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_topics(cfg.bootstrap, cfg.topics)
     worker = build_app(cfg)
     inject_faults(worker)
-    worker.metrics.serve(cfg.metrics_port)
+    worker.metrics.serve(cfg.metrics_port, args.metrics_host)
     log = logging.getLogger("nodemeter.worker")
 
     setup_logging(args.log_level)
