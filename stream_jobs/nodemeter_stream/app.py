@@ -21,7 +21,7 @@ from typing import Any
 
 from nodemeter.errors import ConfigError
 from nodemeter_stream.commit_guard import SCHEME, guard_topics, register_transport
-from nodemeter_stream.ingest.plan import BatchPolicy
+from nodemeter_stream.ingest.plan import MAX_REQUEST_EVENTS, BatchPolicy
 from nodemeter_stream.sink.store import ClickHouseConfig
 from nodemeter_stream.topics import Topics
 
@@ -58,6 +58,10 @@ class WorkerConfig:
     heartbeat_interval_s: float = 3.0
     commit_interval_s: float = 1.0
     max_event_bytes: int = 64 * 1024
+    # usage events merged into one request; later ones are dead-lettered
+    # (request_too_large). Bounds a request's state, and keeps every request sum within
+    # the UInt64 columns (this x the largest per-event limit < 2^64).
+    max_request_events: int = 10_000
     sink_retry_max_s: float = 5.0
     agent_modules: tuple[str, ...] = AGENT_MODULES
     # Faust's local data dir (tables are memory://, so it stays nearly empty); kept out
@@ -77,6 +81,11 @@ class WorkerConfig:
             raise ConfigError("request_timeout_s and sweep_interval_s must be > 0")
         if self.request_retention_s < self.request_timeout_s:
             raise ConfigError("request_retention_s must be >= request_timeout_s")
+        if not 1 <= self.max_request_events <= MAX_REQUEST_EVENTS:
+            raise ConfigError(
+                f"max_request_events {self.max_request_events} must be 1..{MAX_REQUEST_EVENTS}"
+                " (more could overflow a request's UInt64 sums)"
+            )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port {self.metrics_port} out of range")
         if not self.agent_modules:
@@ -107,6 +116,7 @@ class WorkerConfig:
             "heartbeat_interval_s": float,
             "commit_interval_s": float,
             "max_event_bytes": int,
+            "max_request_events": int,
         }
         values: dict[str, Any] = {
             "bootstrap": os.environ.get("NODEMETER_KAFKA_BOOTSTRAP", ""),

@@ -50,6 +50,12 @@ class WorkerMetrics:
         self.sink_retries = Counter(
             "nodemeter_sink_retries", "Failed ClickHouse insert attempts (retried)", registry=r
         )
+        self.sink_rejected_rows = Counter(
+            "nodemeter_sink_rejected_rows",
+            "Rows ClickHouse refused for good (dead-lettered as store_rejected)",
+            ["table"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "nodemeter_consumer_lag",
             "High-water mark minus the next offset to process",

@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="request_retention_s",
         help="seconds a request stays in memory after its last record (600)",
     )
+    a(
+        "--max-request-events",
+        type=int,
+        help="usage events one request may merge; later ones are dead-lettered as "
+        "request_too_large (10000)",
+    )
     a("--sweep-interval", type=float, dest="sweep_interval_s", help="seconds (5)")
     a("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
     a(
@@ -95,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         batch_seconds=args.batch_seconds,
         request_timeout_s=args.request_timeout_s,
         request_retention_s=args.request_retention_s,
+        max_request_events=args.max_request_events,
         sweep_interval_s=args.sweep_interval_s,
         metrics_port=args.metrics_port,
         session_timeout_s=args.session_timeout_s,

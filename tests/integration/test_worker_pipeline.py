@@ -427,3 +427,36 @@ def test_sigterm_mid_stream_stores_and_commits_the_batch_in_flight(
             assert stored[p] == (off, 0, off - 1)
         else:
             assert p not in stored
+
+
+def test_a_runaway_request_and_a_huge_bad_record_do_not_stop_the_stream(
+    kafka_bootstrap: str, topics: Any, tmp_path: Path
+) -> None:
+    """Valid input that used to stop every tenant's metering (issue 12, item 4): one
+    request past ``--max-request-events`` (its sums could pass UInt64, and its state
+    grew without bound), and a malformed record near Kafka's message limit, whose
+    dead-letter copy had to fit the DLQ. Both become dead letters; the rest is stored."""
+    cap = 50
+    runaway = [usage("acme", "runaway", f"s{i}", input_tokens=1) for i in range(cap + 20)]
+    others = [usage("globex", f"r{i}", "s0", input_tokens=i + 1) for i in range(30)]
+    huge = b"\x00" * 990_000
+    produce(kafka_bootstrap, topics.usage, [*encoded(runaway), (b"huge", huge), *encoded(others)])
+
+    w = worker_for(kafka_bootstrap, topics, tmp_path, "--max-request-events", str(cap)).start()
+    try:
+        wait_caught_up(kafka_bootstrap, w.app_id, topics.usage, worker=w, timeout=120)
+    finally:
+        assert w.stop() == 0, w.log()[-3000:]
+    got = query(w.url, w.database, "SELECT tenant, count() FROM usage_events FINAL GROUP BY tenant")
+    assert {r[0]: int(r[1]) for r in got} == {"acme": cap, "globex": 30}
+    dl = query(w.url, w.database, "SELECT reason, count() FROM dead_letters FINAL GROUP BY reason")
+    assert {r[0]: int(r[1]) for r in dl} == {"request_too_large": 20, "oversize": 1}
+    # the table keeps the whole record; the topic's copy is cut to fit, and says so
+    (row,) = query(w.url, w.database,
+                   "SELECT length(payload) FROM dead_letters FINAL WHERE reason = 'oversize'")  # fmt: skip
+    assert int(row[0]) == len(huge)
+    dlq = consume_all(kafka_bootstrap, topics.dlq, expect=21, timeout=60)
+    big = [decode_payload(m.value())[1] for m in dlq if dict(m.headers())["reason"] == b"oversize"]
+    assert len(big) == 1 and big[0]["attributes"]["payload_truncated"] == "true"
+    assert big[0]["attributes"]["payload_bytes"] == str(len(huge))
+    assert len(big[0]["payload"]) < len(huge)

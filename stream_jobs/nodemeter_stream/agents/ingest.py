@@ -25,16 +25,16 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from nodemeter.codec import encode_payload
 from nodemeter.events import UsageEvent
 from nodemeter_stream.agents.effects import Gate, apply_batch, spans_of
 from nodemeter_stream.app import Worker
 from nodemeter_stream.ingest import forward
 from nodemeter_stream.ingest.decode import Accepted, DeadLetter, Source, classify
 from nodemeter_stream.ingest.dedupe import needs_lookup
+from nodemeter_stream.ingest.dlq import dlq_record
 from nodemeter_stream.ingest.merge import Emission, RequestState, state_key, to_us
 from nodemeter_stream.ingest.plan import BatchPlan, plan_batch, plan_sweep
 from nodemeter_stream.ingest.rows import (
@@ -165,6 +165,7 @@ class Ingest:
                 stored=stored,
                 now_ms=now_ms,
                 timeout_s=self.cfg.request_timeout_s,
+                max_request_events=self.cfg.max_request_events,
             )
             sources = [a.source for a in items]
             blocks = [
@@ -248,29 +249,8 @@ class Ingest:
         count_emissions(m, plan.emissions)
 
     def send_dead_letter(self, d: DeadLetter, *, now_ms: int) -> Any:
-        value = encode_payload(
-            "dead_letter",
-            {
-                "source_topic": d.source.topic,
-                "source_partition": d.source.partition,
-                "source_offset": d.source.offset,
-                "reason": d.reason,
-                "detail": d.detail[:2000],
-                "tenant": d.tenant,
-                "event_id": d.event_id or None,
-                "record_key": d.key or None,
-                "payload": d.payload,
-                "received_at": datetime.fromtimestamp(now_ms / 1000, tz=UTC),
-                "attributes": {},
-            },
-        )
-        headers = [
-            ("reason", d.reason.encode()),
-            ("source_topic", d.source.topic.encode()),
-            ("source_partition", str(d.source.partition).encode()),
-            ("source_offset", str(d.source.offset).encode()),
-        ]
-        return self.dlq.send_soon(key=d.key or None, value=value, headers=headers)
+        key, value, headers = dlq_record(d, now_ms=now_ms)
+        return self.dlq.send_soon(key=key, value=value, headers=headers)
 
     # --- timer -----------------------------------------------------------------------
 

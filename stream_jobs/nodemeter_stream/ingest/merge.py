@@ -204,9 +204,17 @@ def state_key(tenant: str, request_id: str) -> str:
 
 
 def apply(
-    state: RequestState | None, record: UsageEvent | RequestEnd, *, now_ms: int, partition: int
+    state: RequestState | None,
+    record: UsageEvent | RequestEnd,
+    *,
+    now_ms: int,
+    partition: int,
+    in_place: bool = False,
 ) -> RequestState:
-    """Add one record to a request's state (idempotent: a known event_id changes nothing)."""
+    """Add one record to a request's state (idempotent: a known event_id changes nothing).
+
+    ``in_place``: the caller owns ``state`` (a copy it made earlier in the same batch) and
+    nobody else holds its parts, so they are added to rather than copied."""
     if state is None:
         state = RequestState(
             tenant=record.tenant,
@@ -222,7 +230,7 @@ def apply(
         if state.end is not None and record.event_id > state.end.event_id:
             return replace(state, touched_ms=max(state.touched_ms, now_ms))
         return replace(state, end=EndPart.of(record), touched_ms=max(state.touched_ms, now_ms))
-    parts = dict(state.parts)
+    parts = state.parts if in_place and isinstance(state.parts, dict) else dict(state.parts)
     parts[record.event_id] = SpanPart.of(record)
     return replace(state, parts=parts, touched_ms=max(state.touched_ms, now_ms))
 

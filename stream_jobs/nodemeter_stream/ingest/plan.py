@@ -12,9 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from nodemeter.events import UsageEvent
+from nodemeter.events import LIMITS, UsageEvent
 from nodemeter_stream.ingest.decode import Accepted, Classified, DeadLetter
 from nodemeter_stream.ingest.merge import Emission, RequestState, apply, due, purgeable, state_key
+
+UINT64_MAX = 2**64 - 1
+# The most usage events one request may merge: at this many, no request or node sum of
+# any meter can pass the UInt64 columns of request_records / request_nodes, even with
+# every event at its meter's per-event limit (nodemeter.events.LIMITS).
+MAX_REQUEST_EVENTS = UINT64_MAX // max(LIMITS.values())
+DEFAULT_MAX_REQUEST_EVENTS = 10_000
+TOO_LARGE = "request_too_large"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +72,7 @@ def plan_batch(
     stored: Mapping[tuple[str, str], Position],
     now_ms: int,
     timeout_s: float,
+    max_request_events: int = DEFAULT_MAX_REQUEST_EVENTS,
 ) -> BatchPlan:
     """The whole decision for a batch (pure).
 
@@ -73,9 +82,19 @@ def plan_batch(
     of the batch, its request's state or another source record holds it; stored by
     *this* record (a batch re-applied after a crash) it is fresh but not inserted again.
     Dedupe is per tenant: the same id under another tenant is a different event.
+
+    A request holds at most ``max_request_events`` usage events: a new one past that is
+    a dead letter (``request_too_large``, its payload kept for a replay), so one runaway
+    request can neither grow its state without bound nor overflow its UInt64 sums; the
+    request goes on and closes as usual (incomplete, if its end counted more spans).
     """
+    if not 1 <= max_request_events <= MAX_REQUEST_EVENTS:
+        raise ValueError(f"max_request_events must be 1..{MAX_REQUEST_EVENTS}")
     plan = BatchPlan()
     in_batch: set[tuple[str, str]] = set()
+    # states already copied by this batch: merged into in place (not copied per event,
+    # which made a request of n events in one batch cost n^2/2 copies)
+    owned: set[str] = set()
 
     def state_of(key: str) -> RequestState | None:
         return plan.states[key] if key in plan.states else get_state(key)
@@ -97,9 +116,31 @@ def plan_batch(
                 plan.duplicates.append(item)
                 continue
             plan.already_stored.add(ident)
+        if (
+            state is not None
+            and isinstance(rec, UsageEvent)
+            and len(state.parts) >= max_request_events
+        ):
+            plan.dead_letters.append(
+                DeadLetter(
+                    reason=TOO_LARGE,
+                    detail=f"request {rec.request_id!r} already holds {len(state.parts)} "
+                    f"usage events (max_request_events={max_request_events})",
+                    source=item.source,
+                    key=b"",
+                    payload=item.payload,
+                    tenant=rec.tenant,
+                    event_id=rec.event_id,
+                )
+            )
+            continue
         in_batch.add(ident)
         plan.fresh.append(item)
-        plan.states[key] = apply(state, rec, now_ms=now_ms, partition=item.source.partition)
+        plan.states[key] = apply(
+            state, rec, now_ms=now_ms, partition=item.source.partition, in_place=key in owned
+        )
+        if isinstance(rec, UsageEvent):  # apply copied the parts (an end shares them)
+            owned.add(key)
     for key, st in list(plan.states.items()):
         emission = due(st, now_ms=now_ms, timeout_s=timeout_s)
         if emission is not None:

@@ -13,6 +13,13 @@ Use it like this (the ingest and pricing agents do)::
 * ``write`` retries with exponential backoff for as long as ClickHouse is down. The
   agent awaits it, its ``noack_take`` buffer fills and Faust stops fetching: the
   outage pauses consumption and nothing is acknowledged, so nothing is lost.
+* An error no retry can fix (:func:`permanent`: a value that does not fit its column,
+  a parse error; not a schema error) is not retried: the block is split in
+  halves until the rows ClickHouse refuses are alone; those go to ``dead_letters``
+  (reason ``store_rejected``, the error and the row as JSON), counted in
+  ``nodemeter_sink_rejected_rows{table}`` and logged; every other row is stored and the
+  stream goes on. The halves' tokens derive from the block's, so a replay splits the
+  same way and stores nothing twice.
 * clickhouse-connect is blocking (and chDB wants one thread): every call runs on one
   dedicated thread, so the event loop keeps heart-beating to the broker.
 """
@@ -21,8 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import json
 import logging
+import re
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +48,62 @@ log = logging.getLogger("nodemeter.sink")
 
 class SinkStopped(NodemeterError):
     """The sink was stopped while a write was still waiting for ClickHouse."""
+
+
+class Refused(NodemeterError):
+    """ClickHouse refused an insert for a reason no retry can fix (see :func:`permanent`)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
+# ClickHouse error codes that say a value is wrong for its column, not the server:
+# CANNOT_PARSE_TEXT, CANNOT_PARSE_QUOTED_STRING, CANNOT_PARSE_INPUT_ASSERTION_FAILED,
+# CANNOT_PARSE_DATE, CANNOT_PARSE_DATETIME, ILLEGAL_TYPE_OF_ARGUMENT, TYPE_MISMATCH,
+# ARGUMENT_OUT_OF_BOUND, CANNOT_CONVERT_TYPE, CANNOT_PARSE_NUMBER, INCORRECT_DATA,
+# VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, NO_COMMON_TYPE, DECIMAL_OVERFLOW. A schema error
+# (unknown table or column) is not among them: it is a deployment fault that every row
+# would hit, so it stalls, loudly, rather than dead-letter the whole stream.
+PERMANENT_CODES = frozenset({6, 26, 27, 38, 41, 43, 53, 69, 70, 72, 117, 321, 386, 407})
+_CODE = re.compile(r"Code: (\d+)\.")
+REJECTED = "store_rejected"
+_DEAD_LETTER_COLUMNS = (
+    "source_topic", "source_partition", "source_offset", "reason", "detail", "tenant",
+    "record_key", "payload",
+)  # fmt: skip
+
+
+def permanent(exc: BaseException) -> bool:
+    """An insert error that retrying cannot fix: a value does not fit its column.
+
+    clickhouse-connect raises ``DataError`` when a value cannot be serialised for its
+    column (an integer past UInt64, a None in a non-Nullable column); the server (or
+    chDB) answers with an error code (:data:`PERMANENT_CODES`). Everything else is
+    transient and retried (back-pressure): connection errors, server overload, and
+    schema errors (``ProgrammingError`` for an unknown column, UNKNOWN_TABLE)."""
+    if _is_connection_lost(exc):
+        return False
+    if type(exc).__name__ == "DataError" or isinstance(exc, OverflowError | struct.error):
+        return True
+    m = _CODE.search(str(exc))
+    return m is not None and int(m.group(1)) in PERMANENT_CODES
+
+
+def rejected_row(block: Block, row: Sequence[Any], exc: BaseException) -> list[Any]:
+    """The dead_letters row for one row ClickHouse refused (pure)."""
+    cols = dict(zip(block.columns, row, strict=False))
+    payload = json.dumps(cols, default=str, ensure_ascii=False).encode()
+    return [
+        str(cols.get("source_topic", f"table:{block.table}")),
+        int(cols.get("source_partition", 0) or 0),
+        int(cols.get("source_offset", 0) or 0),
+        REJECTED,
+        f"{block.table}: {exc!r}"[:2000],
+        str(cols.get("tenant", "")),
+        b"",
+        payload,
+    ]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,7 +158,13 @@ class ClickHouseSink:
         """Connect (and migrate) now, retrying until ClickHouse answers."""
         await self._retrying("connect", lambda: self._client_or_connect())
 
-    async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
+    async def _retrying(
+        self,
+        what: str,
+        fn: Callable[[], Any],
+        *,
+        give_up: Callable[[Exception], bool] | None = None,
+    ) -> Any:
         delay = self._retry_initial_s
         attempt = 0
         while True:
@@ -101,6 +174,8 @@ class ClickHouseSink:
             except Exception as exc:
                 if self._stopping:
                     raise
+                if give_up is not None and give_up(exc):
+                    raise Refused(exc) from exc
                 if self.metrics is not None:
                     self.metrics.sink_retries.inc()
                 log.warning(
@@ -129,17 +204,48 @@ class ClickHouseSink:
         )
 
     async def write(self, blocks: Iterable[Block]) -> None:
-        """Insert every non-empty block; returns once ClickHouse acknowledged all."""
+        """Insert every non-empty block; returns once ClickHouse acknowledged all (rows
+        it refused for good are in ``dead_letters`` by then)."""
         for block in blocks:
             if not block.rows:
                 continue
             t0 = time.perf_counter()
-            await self._retrying(
-                f"insert into {block.table}", functools.partial(self._insert_now, block)
-            )
+            await self._store(block)
             self.blocks_written += 1
             if self.metrics is not None:
                 self.metrics.sink_latency.observe(time.perf_counter() - t0)
+
+    async def _store(self, block: Block) -> None:
+        try:
+            await self._retrying(
+                f"insert into {block.table}",
+                functools.partial(self._insert_now, block),
+                give_up=permanent,
+            )
+        except Refused as refused:
+            if len(block.rows) > 1:
+                mid = len(block.rows) // 2
+                for i, rows in enumerate((block.rows[:mid], block.rows[mid:])):
+                    await self._store(
+                        dataclasses.replace(block, rows=rows, token=f"{block.token}/{i}")
+                    )
+                return
+            await self._reject(block, refused.cause)
+
+    async def _reject(self, block: Block, exc: BaseException) -> None:
+        log.error("clickhouse refused a row of %s for good; dead-lettered as %s: %r",
+                  block.table, REJECTED, exc)  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.sink_rejected_rows.labels(table=block.table).inc()
+        if block.table == "dead_letters":
+            return  # not even as a dead letter: the log and the metric are all there is
+        dead = Block(
+            table="dead_letters",
+            columns=_DEAD_LETTER_COLUMNS,
+            rows=[rejected_row(block, block.rows[0], exc)],
+            token=f"{block.token}/rejected",
+        )
+        await self._store(dead)
 
     async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[Any]:
         """A read on the sink's thread (the same chDB session)."""
