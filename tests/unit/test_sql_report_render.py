@@ -162,3 +162,15 @@ def test_each_currency_has_its_own_total_and_shares() -> None:
     assert ["TOTAL", "1", "3.000000", "USD", "100.0%"] in rows
     assert r.currency == "USD"  # the graph and chart are drawn in one currency
     assert r.node_totals("EUR") == {"gpu": D(1), "llm": D(1)}
+
+
+def test_terminal_safe_escapes_controls_and_keeps_text() -> None:
+    from nodemeter_stream.analytics.report import table, terminal_safe
+
+    assert terminal_safe("llm.answer — é 中") == "llm.answer — é 中"
+    assert terminal_safe("a\nb\tc\rd\\e") == "a\\nb\\tc\\rd\\\\e"
+    assert terminal_safe("\x1b[31m\x00\x7f\x85\u202e\u2028\ufeff") == (
+        "\\x1b[31m\\x00\\x7f\\x85\\u202e\\u2028\\ufeff"
+    )
+    forged = table(["node"], [["x\nTOTAL 100.0%"]])
+    assert forged.splitlines() == ["node", "-" * 15, "x\\nTOTAL 100.0%"]

@@ -8,6 +8,7 @@ for display (``exact=True`` prints all 12 decimal places).
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -194,8 +195,36 @@ def share(amount: Decimal, total: Decimal) -> str:
     return f"{pct}%"
 
 
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    named = _NAMED.get(ch)
+    if named is not None:
+        return named
+    # Cc: C0/C1 controls (ESC starts terminal escape sequences); Cf: format characters
+    # (bidi overrides reorder what is shown); Zl/Zp: line and paragraph separators
+    if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+        code = ord(ch)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return ch
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control and format characters (and ``\\``) escaped, so a value
+    read from the store can neither start a line, move the cursor, recolour nor
+    reorder what the terminal shows (a forged TOTAL row, hidden rows). The escapes
+    are TSV's (``\\n``, ``\\t``, ``\\\\``) plus ``\\xNN`` / ``\\uNNNN``."""
+    if text.isprintable() and "\\" not in text:
+        return text  # the common case, without a per-character walk
+    return "".join(_escape_char(ch) for ch in text)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
-    """A plain-text table; columns in ``right`` are right-aligned."""
+    """A plain-text table; columns in ``right`` are right-aligned. Every cell and
+    header is passed through :func:`terminal_safe`."""
+    headers = [terminal_safe(h) for h in headers]
+    rows = [[terminal_safe(c) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, r, strict=True)]
@@ -213,7 +242,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
 
 def render_table(report: Report, *, exact: bool = False) -> str:
     head = (
-        f"Cost per node for tenant {report.tenant}, "
+        f"Cost per node for tenant {terminal_safe(report.tenant)}, "
         f"{report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC (end exclusive)"
     )
     if not report.nodes:
@@ -242,9 +271,10 @@ def render_table(report: Report, *, exact: bool = False) -> str:
     if report.top_requests:
         out += ["", f"Most expensive requests (top {len(report.top_requests)}):"]
         for r in report.top_requests:
-            parts = ", ".join(f"{n} {fmt_amount(a, exact=exact)}" for n, a in r.nodes[:4])
-            more = f", +{len(r.nodes) - 4} more" if len(r.nodes) > 4 else ""
-            out.append(
-                f"  {r.request_id}  {fmt_amount(r.amount, exact=exact)} {r.currency}  ({parts}{more})"
+            parts = ", ".join(
+                f"{terminal_safe(n)} {fmt_amount(a, exact=exact)}" for n, a in r.nodes[:4]
             )
+            more = f", +{len(r.nodes) - 4} more" if len(r.nodes) > 4 else ""
+            amount = f"{fmt_amount(r.amount, exact=exact)} {terminal_safe(r.currency)}"
+            out.append(f"  {terminal_safe(r.request_id)}  {amount}  ({parts}{more})")
     return "\n".join(out) + "\n"

@@ -19,7 +19,7 @@ from nodemeter_stream.analytics.cli_common import (
     open_store,
     parse_param,
 )
-from nodemeter_stream.analytics.report import table
+from nodemeter_stream.analytics.report import table, terminal_safe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
         result = queries.run(client, args.query, **values)
     else:
         result = queries.run_sql(client, args.sql, raw or None)
-    if args.format == "tsv":
-        print("\t".join(result.columns))
+    if args.format == "tsv":  # values escaped as in ClickHouse's TSV (\t, \n, \\)
+        print("\t".join(terminal_safe(c) for c in result.columns))
         for r in result.rows:
-            print("\t".join(cell(v) for v in r))
+            print("\t".join(terminal_safe(cell(v)) for v in r))
         return 0
     right = [i for i in range(len(result.columns)) if numeric([r[i] for r in result.rows])]
     cells = [[cell(v) for v in r] for r in result.rows]
