@@ -1,4 +1,5 @@
-"""``nodemeter alerts tail``: an example consumer of the budget-alert topic.
+"""``nodemeter alerts tail``: an example consumer of the budget-alert topic
+(``nodemeter alerts webhook URL`` delivers them over HTTP: ``alerts_webhook``).
 
 Reads ``nodemeter.budget-alerts.v1`` (Avro ``budget_alert``), drops repeats of an
 ``alert_id`` it has already shown (delivery is at-least-once: a worker crash between
@@ -41,6 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tail.add_argument("--rounded", action="store_true", help="money in the currency's minor unit")
     tail.add_argument("--max", type=int, default=0, help="stop after this many alerts (0: never)")
     tail.add_argument("--idle-timeout", type=float, default=0.0, help="stop after this many idle seconds (0: never)")  # fmt: skip
+    hook = sub.add_parser(
+        "webhook",
+        help="POST each alert, signed, to an HTTP endpoint; commit after a 2xx",
+        description="Deliver budget alerts to URL (see nodemeter_stream.alerts_webhook). "
+        "The HMAC secret comes from NODEMETER_WEBHOOK_SECRET or --secret-file.",
+    )
+    hook.add_argument("url", help="http(s) endpoint that receives one POST per alert")
+    hook.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (default NODEMETER_KAFKA_BOOTSTRAP)"
+    )
+    hook.add_argument("--topic-prefix", help="topic name prefix (default NODEMETER_TOPIC_PREFIX)")
+    hook.add_argument("--group", default="nodemeter-alerts-webhook",
+                      help="consumer group: where delivery resumes (default %(default)s)")  # fmt: skip
+    hook.add_argument("--tenant", help="only this tenant's alerts (others are skipped)")
+    hook.add_argument("--from-beginning", action="store_true",
+                      help="a new group starts at the oldest alert kept, not at the end")  # fmt: skip
+    hook.add_argument("--secret-file", help="file holding the HMAC secret")
+    hook.add_argument("--timeout", type=float, default=10.0, help="seconds per POST (10)")
+    hook.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between attempts, s (30)")  # fmt: skip
+    hook.add_argument("--max", type=int, default=0, help="stop after this many alerts (0: never)")
+    hook.add_argument("--idle-timeout", type=float, default=0.0, help="stop after this many idle seconds (0: never)")  # fmt: skip
 
 
 def _money(value: Decimal, currency: str, rounded: bool) -> str:
@@ -107,6 +129,76 @@ def tail(
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "webhook":
+        return run_webhook(args)
+    return run_tail(args)
+
+
+def _bootstrap_and_topic(args: argparse.Namespace) -> tuple[str | None, str]:
+    from nodemeter_stream.topics import Topics
+
+    bootstrap = args.bootstrap or os.environ.get("NODEMETER_KAFKA_BOOTSTRAP")
+    prefix = (
+        args.topic_prefix
+        if args.topic_prefix is not None
+        else os.environ.get("NODEMETER_TOPIC_PREFIX", "")
+    )
+    return bootstrap, Topics(prefix=prefix).budget_alerts
+
+
+def run_webhook(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from confluent_kafka import Consumer
+
+    from nodemeter_stream import alerts_webhook as hook
+
+    bootstrap, topic = _bootstrap_and_topic(args)
+    if not bootstrap:
+        print("alerts webhook: give --bootstrap or set NODEMETER_KAFKA_BOOTSTRAP", file=sys.stderr)
+        return 2
+    if not args.url.startswith(("http://", "https://")):
+        print(f"alerts webhook: {args.url!r} is not an http(s) URL", file=sys.stderr)
+        return 2
+    try:
+        secret = hook.read_secret(args.secret_file, os.environ)
+    except (OSError, ValueError) as exc:
+        print(f"alerts webhook: {exc}", file=sys.stderr)
+        return 2
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": args.group,
+            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    print(f"alerts webhook: {topic} -> {args.url} (group {args.group})", file=sys.stderr)
+    try:
+        n = hook.run_loop(
+            consumer,
+            hook.http_post(args.url, timeout_s=args.timeout),
+            secret=secret,
+            tenant=args.tenant,
+            max_alerts=args.max,
+            idle_timeout=args.idle_timeout,
+            max_backoff_s=args.max_backoff,
+            stopping=stop.is_set,
+            sleep=stop.wait,
+        )
+    finally:
+        consumer.close()
+    print(f"alerts webhook: {n} alert(s) delivered", file=sys.stderr)
+    return 0
+
+
+def run_tail(args: argparse.Namespace) -> int:
     from confluent_kafka import Consumer
 
     from nodemeter_stream.topics import Topics
