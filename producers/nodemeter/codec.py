@@ -9,8 +9,8 @@ resolved to the newest version of their type (fastavro writer/reader resolution)
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -19,6 +19,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 import nodemeter_schemas
+from nodemeter.avrocheck import compile_check
 from nodemeter.errors import DecodeError, UnknownSchemaError
 from nodemeter.events import (
     GpuSource,
@@ -39,6 +40,8 @@ class SchemaEntry:
     version: int
     parsed: Any
     fingerprint: bytes
+    # the strict walk run before fastavro (negative enum/union indices; avrocheck.py)
+    check: Callable[[bytes, int], int] = field(compare=False, repr=False)
 
 
 @cache
@@ -48,7 +51,7 @@ def schema_entry(record: str, version: int | None = None) -> SchemaEntry:
     raw = nodemeter_schemas.load(record, version)
     parsed = fastavro.parse_schema(raw, _write_hint=True)
     fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
-    return SchemaEntry(record, version, parsed, fp)
+    return SchemaEntry(record, version, parsed, fp, compile_check(parsed))
 
 
 @cache
@@ -88,6 +91,7 @@ def decode_payload(data: bytes) -> tuple[str, dict[str, Any]]:
     if writer is None:
         raise UnknownSchemaError(f"unknown schema fingerprint {data[2:HEADER_LEN].hex()}")
     reader = schema_entry(writer.record)
+    writer.check(data, HEADER_LEN)  # DecodeError with a precise reason and field
     buf = io.BytesIO(data[HEADER_LEN:])
     try:
         value = fastavro.schemaless_reader(buf, writer.parsed, reader.parsed)

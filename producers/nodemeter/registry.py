@@ -19,6 +19,7 @@ from typing import Any
 
 import fastavro
 
+from nodemeter.avrocheck import compile_check
 from nodemeter.codec import (
     request_end_from_avro,
     request_end_to_avro,
@@ -154,10 +155,10 @@ def decode_confluent(data: bytes, client: RegistryClient) -> Record:
     if name is None:
         raise UnknownSchemaError(f"registry schema {writer.get('name')!r} is not a usage record")
     reader = schema_entry(name).parsed
+    parsed = fastavro.parse_schema(writer)
+    compile_check(parsed)(data, 5)  # fastavro would wrap negative enum/union indices
     try:
-        value = fastavro.schemaless_reader(
-            io.BytesIO(data[5:]), fastavro.parse_schema(writer), reader
-        )
+        value = fastavro.schemaless_reader(io.BytesIO(data[5:]), parsed, reader)
     except Exception as exc:
         raise DecodeError(f"malformed {name} body: {exc!r}") from exc
     assert isinstance(value, dict)

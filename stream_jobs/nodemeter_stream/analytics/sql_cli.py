@@ -8,9 +8,10 @@ nodemeter sql --list
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
-from nodemeter.errors import ConfigError
+from nodemeter.errors import ConfigError, NodemeterError
 from nodemeter_stream.analytics import queries
 from nodemeter_stream.analytics.cli_common import (
     add_store_arguments,
@@ -19,6 +20,7 @@ from nodemeter_stream.analytics.cli_common import (
     open_store,
     parse_param,
 )
+from nodemeter_stream.analytics.errors import QueryError, QueryParameterError
 from nodemeter_stream.analytics.report import table, terminal_safe
 
 
@@ -33,6 +35,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--format", choices=("table", "tsv"), default="table", help="output (default table)"
     )
     add_store_arguments(parser)
+
+
+def _run_sql(client: object, sql: str, raw: dict[str, str]) -> queries.QueryResult:
+    """Ad-hoc SQL; every ``-p NAME=VALUE`` must appear as ``{NAME:Type}`` in it.
+
+    Parameters are bound by the server, never pasted into the text. Without a
+    ``{name:Type}`` placeholder clickhouse-connect would format the SQL client-side
+    with Python's ``%`` (a ``%`` in the SQL then raised ValueError), so that is refused.
+    """
+    unused = [n for n in raw if not re.search(r"\{\s*" + re.escape(n) + r"\s*:", sql)]
+    if unused:
+        raise QueryParameterError(
+            f"parameter(s) {unused} not used in the SQL: refer to each as {{name:Type}}, "
+            f"e.g. {{{unused[0]}:String}}"
+        )
+    try:
+        return queries.run_sql(client, sql, raw or None)
+    except ValueError as exc:
+        if isinstance(exc, NodemeterError):
+            raise
+        raise QueryError(f"the query could not be bound: {exc}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         values = {n: parse_param(declared.get(n, "String"), v) for n, v in raw.items()}
         result = queries.run(client, args.query, **values)
     else:
-        result = queries.run_sql(client, args.sql, raw or None)
+        result = _run_sql(client, args.sql, raw)
     if args.format == "tsv":  # values escaped as in ClickHouse's TSV (\t, \n, \\)
         print("\t".join(terminal_safe(c) for c in result.columns))
         for r in result.rows:
