@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from nodemeter import __version__, fastcodec
+from nodemeter.budget import BudgetCheck, BudgetView
 from nodemeter.codec import encode_record, record_key
 from nodemeter.context import NodeScope, RequestScope
 from nodemeter.errors import (
@@ -84,6 +85,10 @@ class MeterConfig:
     )
     topic: str = field(
         default_factory=lambda: _env("NODEMETER_TOPIC_PREFIX", "") + "nodemeter.usage.v1"
+    )
+    # the compacted budget-state topic that check_budget() reads (nodemeter.budget)
+    budget_topic: str = field(
+        default_factory=lambda: _env("NODEMETER_TOPIC_PREFIX", "") + "nodemeter.budget-state.v1"
     )
     client_id: str = "nodemeter-sdk"
     spool_dir: Path = field(
@@ -299,6 +304,7 @@ class Meter:
                 target=self._service, name="nodemeter-delivery", daemon=True
             )
             self._thread.start()
+        self._budget_view: BudgetView | None = None
         _LIVE.add(self)
 
     # --- public API -------------------------------------------------------------------
@@ -374,9 +380,33 @@ class Meter:
         self._rebuild.set()
         self._to_spool(topic, key, value, f"produce failed: {exc}")
 
-    def request(self, **kwargs: Any) -> RequestScope:
-        """A request (root span) context manager; see ``nodemeter.context.RequestScope``."""
+    def request(self, *, enforce_budget: bool = False, **kwargs: Any) -> RequestScope:
+        """A request (root span) context manager; see ``nodemeter.context.RequestScope``.
+
+        ``enforce_budget=True``: first :meth:`check_budget` the request's tenant and
+        workflow, and raise ``BudgetExceededError`` (before any work starts) when a
+        hard limit says no."""
+        if enforce_budget:
+            tenant = kwargs.get("tenant")
+            if isinstance(tenant, str):
+                self.check_budget(
+                    tenant, workflow=kwargs.get("workflow") or None
+                ).raise_if_blocked()
         return RequestScope(self, **kwargs)
+
+    def check_budget(self, tenant: str, workflow: str | None = None) -> BudgetCheck:
+        """Allowed, or blocked with the budget and spend, from a local cache of the
+        budget-state topic (``nodemeter.budget``: how stale it can be). Never blocks on
+        Kafka; the first call starts the cache's background consumer."""
+        view = self._budget_view
+        if view is None:
+            with self._plock:
+                view = self._budget_view
+                if view is None:
+                    view = self._budget_view = BudgetView(
+                        self.config.bootstrap_servers, self.config.budget_topic
+                    )
+        return view.check(tenant, workflow=workflow)
 
     def node(self, node_id: str, **kwargs: Any) -> NodeScope:
         """A node span: context manager (sync/async) and decorator (sync/async)."""
@@ -437,6 +467,8 @@ class Meter:
             return
         self._closed = True
         self._stop.set()
+        if self._budget_view is not None:
+            self._budget_view.close()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         for producer in (self._producer, self._replayer):
