@@ -32,7 +32,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -114,12 +114,17 @@ class MeterConfig:
     # Known tenants: usage for any other tenant is refused at the call site
     # (InvalidUsageError "unknown_tenant"). None: any valid tenant id.
     tenants: frozenset[str] | None = field(default_factory=lambda: _tenants_from_env())
+    # usage dated further ahead of this host's clock is refused (future_event_time); the
+    # worker applies the same rule against its own clock (worker --max-future-skew)
+    max_future_skew_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers or not isinstance(self.bootstrap_servers, str):
             raise ConfigError("bootstrap_servers is required, e.g. '127.0.0.1:19092'")
         if not self.topic or len(self.topic) > 249:
             raise ConfigError(f"topic must be 1-249 characters, got {self.topic!r}")
+        if not self.max_future_skew_s >= 0:
+            raise ConfigError(f"max_future_skew_s must be >= 0, got {self.max_future_skew_s!r}")
         if self.spool_fsync not in FSYNC_POLICIES:
             raise ConfigError(f"spool_fsync must be one of {FSYNC_POLICIES}")
         if self.compression not in COMPRESSIONS:
@@ -305,6 +310,8 @@ class Meter:
             )
             self._thread.start()
         self._budget_view: BudgetView | None = None
+        # a lower bound of now + max_future_skew_s (check_not_future refreshes it)
+        self._not_after = self.clock() + timedelta(seconds=self.config.max_future_skew_s)
         _LIVE.add(self)
 
     # --- public API -------------------------------------------------------------------
@@ -312,6 +319,8 @@ class Meter:
     def emit(self, record: Record) -> None:
         """Validate (raising ``InvalidUsageError`` here), encode and send one record."""
         key, value = self._validate_encode(record)
+        if record.event_time > self._not_after:  # a cached bound: exact check only past it
+            self.check_not_future(record)
         if self._tenants is not None:
             self.check_tenant(record.tenant)
         # _send, inlined: this is the hot path and a call frame costs ~4% of an emit.
@@ -329,6 +338,21 @@ class Meter:
         if producer is not self._producer:
             self._rebuilt_during_produce(self._topic, key, value)
         self.stats.produced += 1
+
+    def check_not_future(self, record: Record) -> None:
+        """Refuse a record dated more than ``max_future_skew_s`` after this host's clock:
+        one such event would move its tenant's pricing watermark and close windows early
+        (the worker dead-letters it too, as ``future_event_time``)."""
+        skew = timedelta(seconds=self.config.max_future_skew_s)
+        # the cached bound is refreshed here, so the hot path compares one datetime
+        self._not_after = self.clock() + skew
+        if record.event_time > self._not_after:
+            raise InvalidUsageError(
+                f"event_time {record.event_time.isoformat()} is more than "
+                f"{self.config.max_future_skew_s:g} s ahead of this host's clock "
+                f"({self.clock().isoformat()}); MeterConfig.max_future_skew_s",
+                reason="future_event_time",
+            )
 
     def check_tenant(self, tenant: str) -> None:
         """Refuse a tenant outside ``config.tenants`` (when that list is set)."""

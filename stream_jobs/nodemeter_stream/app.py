@@ -62,6 +62,9 @@ class WorkerConfig:
     # (request_too_large). Bounds a request's state, and keeps every request sum within
     # the UInt64 columns (this x the largest per-event limit < 2^64).
     max_request_events: int = 10_000
+    # usage dated more than this ahead of the worker's clock is a dead letter
+    # (future_event_time): one event from a broken clock must not close windows early
+    max_future_skew_s: float = 300.0
     sink_retry_max_s: float = 5.0
     agent_modules: tuple[str, ...] = AGENT_MODULES
     # Faust's local data dir (tables are memory://, so it stays nearly empty); kept out
@@ -86,6 +89,8 @@ class WorkerConfig:
                 f"max_request_events {self.max_request_events} must be 1..{MAX_REQUEST_EVENTS}"
                 " (more could overflow a request's UInt64 sums)"
             )
+        if not self.max_future_skew_s >= 0:
+            raise ConfigError("max_future_skew_s must be >= 0")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port {self.metrics_port} out of range")
         if not self.agent_modules:
@@ -117,6 +122,7 @@ class WorkerConfig:
             "commit_interval_s": float,
             "max_event_bytes": int,
             "max_request_events": int,
+            "max_future_skew_s": float,
         }
         values: dict[str, Any] = {
             "bootstrap": os.environ.get("NODEMETER_KAFKA_BOOTSTRAP", ""),

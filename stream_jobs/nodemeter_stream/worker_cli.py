@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="usage events one request may merge; later ones are dead-lettered as "
         "request_too_large (10000)",
     )
+    a(
+        "--max-future-skew",
+        type=float,
+        dest="max_future_skew_s",
+        help="seconds an event may be dated ahead of this clock; later ones are "
+        "dead-lettered as future_event_time (300)",
+    )
     a("--sweep-interval", type=float, dest="sweep_interval_s", help="seconds (5)")
     a("--metrics-port", type=int, help="Prometheus /metrics port (0 = off)")
     a(
@@ -102,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         request_timeout_s=args.request_timeout_s,
         request_retention_s=args.request_retention_s,
         max_request_events=args.max_request_events,
+        max_future_skew_s=args.max_future_skew_s,
         sweep_interval_s=args.sweep_interval_s,
         metrics_port=args.metrics_port,
         session_timeout_s=args.session_timeout_s,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -460,3 +460,27 @@ def test_a_runaway_request_and_a_huge_bad_record_do_not_stop_the_stream(
     assert len(big) == 1 and big[0]["attributes"]["payload_truncated"] == "true"
     assert big[0]["attributes"]["payload_bytes"] == str(len(huge))
     assert len(big[0]["payload"]) < len(huge)
+
+
+def test_one_event_from_a_broken_clock_is_a_dead_letter_and_billing_goes_on(
+    kafka_bootstrap: str, topics: Any, tmp_path: Path
+) -> None:
+    """Issue 11, item 3: an event dated 2199 used to move its tenant's pricing watermark
+    and have every later event dead-lettered ``window_closed``. It is refused at intake
+    (``future_event_time``, against the worker's clock); the tenant's other events are
+    stored as usual."""
+    now = datetime.now(UTC)
+    future = usage("acme", "r-future", "s", input_tokens=7, at=datetime(2199, 1, 1, tzinfo=UTC))
+    normal = [usage("acme", f"r{i}", "s", input_tokens=i + 1, at=now) for i in range(20)]
+    produce(kafka_bootstrap, topics.usage, encoded([future, *normal]))
+    w = worker_for(kafka_bootstrap, topics, tmp_path).start()
+    try:
+        wait_caught_up(kafka_bootstrap, w.app_id, topics.usage, worker=w, timeout=120)
+    finally:
+        assert w.stop() == 0, w.log()[-3000:]
+    (stored,) = query(
+        w.url, w.database, "SELECT count(), sum(input_tokens) FROM usage_events FINAL"
+    )
+    assert [int(x) for x in stored] == [20, sum(range(1, 21))]
+    dl = query(w.url, w.database, "SELECT reason, tenant FROM dead_letters FINAL")
+    assert [tuple(r) for r in dl] == [("future_event_time", "acme")]

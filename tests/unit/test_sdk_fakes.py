@@ -92,7 +92,7 @@ class FakeProducer:
 
 class FakeClock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        self.now = datetime(2026, 12, 2, 3, 4, 5, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         self.now += timedelta(milliseconds=1)

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from nodemeter.events import UsageEvent
@@ -149,11 +149,14 @@ class Ingest:
         self.metrics.events_in.inc(len(events))
         self.metrics.batch_size.observe(len(events))
         max_bytes = self.cfg.max_event_bytes
+        not_after = datetime.fromtimestamp(now_ms / 1000 + self.cfg.max_future_skew_s, UTC)
         items = []
         for e in events:
             m = e.message
             src = Source(topic=m.topic, partition=m.partition, offset=m.offset)
-            items.append(classify(e.value, key=e.key, source=src, max_bytes=max_bytes))
+            items.append(
+                classify(e.value, key=e.key, source=src, max_bytes=max_bytes, not_after=not_after)
+            )
         async with self.lock:
             wanted = self.to_look_up(items, now_ms)
             stored = await self.store.stored_events(wanted) if wanted else {}

@@ -53,8 +53,14 @@ def classify(
     key: bytes | None,
     source: Source,
     max_bytes: int = MAX_EVENT_BYTES,
+    not_after: datetime | None = None,
 ) -> Classified:
-    """Decode + validate; every failure becomes a DeadLetter with a reason code."""
+    """Decode + validate; every failure becomes a DeadLetter with a reason code.
+
+    ``not_after``: the latest event time accepted (the worker's clock plus the allowed
+    skew); a record dated later is a ``future_event_time`` dead letter, so that one
+    event from a broken clock cannot move its tenant's pricing watermark ahead and
+    close every window early."""
     raw = bytes(payload or b"")
     k = bytes(key or b"")
     if payload is None:
@@ -73,7 +79,7 @@ def classify(
     # error with its reason, comes from the Python path below
     fast = decode_valid_usage_event(raw)
     if fast is not None:
-        return _stored_or_dead(fast, source=source, key=k, payload=raw)
+        return _stored_or_dead(fast, source=source, key=k, payload=raw, not_after=not_after)
     try:
         record = decode_record(raw)
     except DecodeError as exc:
@@ -92,11 +98,19 @@ def classify(
         )
     except (TypeError, ValueError, AttributeError) as exc:  # defensive: odd decoded types
         return DeadLetter(reason="invalid", detail=repr(exc), source=source, key=k, payload=raw)
-    return _stored_or_dead(record, source=source, key=k, payload=raw)
+    return _stored_or_dead(record, source=source, key=k, payload=raw, not_after=not_after)
 
 
-def _stored_or_dead(record: Record, *, source: Source, key: bytes, payload: bytes) -> Classified:
+def _stored_or_dead(
+    record: Record, *, source: Source, key: bytes, payload: bytes, not_after: datetime | None
+) -> Classified:
     problem = storage_problem(record)
+    if problem is None and not_after is not None and record.event_time > not_after:
+        problem = (
+            FUTURE,
+            f"event_time {record.event_time.isoformat()} is after {not_after.isoformat()} "
+            "(the worker's clock plus max_future_skew_s): a producer clock ahead?",
+        )
     if problem is not None:
         reason, detail = problem
         return DeadLetter(
@@ -114,6 +128,7 @@ def _stored_or_dead(record: Record, *, source: Source, key: bytes, payload: byte
 # What the ClickHouse columns can hold. A value outside would make every retry of the
 # insert fail and stall the stream, so it is a dead letter here instead.
 MAX_SEQUENCE = 2**32 - 1  # UInt32
+FUTURE = "future_event_time"
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)  # DateTime64 ends in 2299
 
