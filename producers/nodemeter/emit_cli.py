@@ -330,7 +330,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--topic", help="usage topic (default: nodemeter.usage.v1 with $NODEMETER_TOPIC_PREFIX)"
     )
     parser.add_argument(
-        "--spool-dir", type=Path, help="spool directory (default: .nodemeter/spool)"
+        "--spool-dir",
+        type=Path,
+        help="spool directory (default: $NODEMETER_SPOOL_DIR or ~/.local/state/nodemeter/spool)",
     )
     parser.add_argument(
         "--dry-run",

@@ -50,7 +50,7 @@ from nodemeter.errors import (
 from nodemeter.events import MAX_EVENT_BYTES, Record, utcnow, validate_record
 from nodemeter.fastcodec import Encoded
 from nodemeter.redact import redact_mapping, redact_url
-from nodemeter.spool import FSYNC_POLICIES, FsyncPolicy, Spool, read_segment
+from nodemeter.spool import FSYNC_POLICIES, FsyncPolicy, Spool, default_spool_dir, read_segment
 
 log = logging.getLogger("nodemeter")
 
@@ -91,9 +91,7 @@ class MeterConfig:
         default_factory=lambda: _env("NODEMETER_TOPIC_PREFIX", "") + "nodemeter.budget-state.v1"
     )
     client_id: str = "nodemeter-sdk"
-    spool_dir: Path = field(
-        default_factory=lambda: Path(_env("NODEMETER_SPOOL_DIR", ".nodemeter/spool"))
-    )
+    spool_dir: Path = field(default_factory=default_spool_dir)
     spool_fsync: FsyncPolicy = "batch"
     compression: str = "lz4"
     linger_ms: int = 5
