@@ -1,10 +1,13 @@
 -- Budget status of one tenant for the budget windows overlapping [start, end): the
 -- budget's limit (from its alerts, budget_alerts FINAL, migration 006), the highest
--- threshold crossed, and the spend now, recomputed from priced_lines FINAL with the
--- worker's rule: a tenant-wide budget counts every line (net of credits) of its window,
--- a workflow budget the usage lines of its workflow. status: exceeded (spend >= limit),
+-- threshold crossed, and the spend now, recomputed from the lines with the worker's
+-- rule: a tenant-wide budget counts every line (net of credits) of its window, a
+-- workflow budget the usage lines of its workflow. status: exceeded (spend >= limit),
 -- warning (>= 80 %), ok. Budget definitions are not stored in ClickHouse, so only
 -- budgets that raised at least one alert in the window are listed.
+-- Reads only the alert windows: their whole hours from cost_hourly (051), the partial
+-- hours at their edges (tenant time zones, e.g. +05:30) from priced_lines FINAL, so the
+-- spend equals the sum of the window's lines to the unit.
 WITH
     alerts AS
     (
@@ -26,19 +29,43 @@ WITH
           AND window_start < {end:DateTime('UTC')}
         GROUP BY budget, workflow, window_id, window_start, window_end, currency
     ),
+    -- the money of the alert windows: whole hours from cost_hourly (051), the lines of
+    -- the hours a window only partly covers from priced_lines FINAL
+    spend_rows AS
+    (
+        SELECT toDateTime64(hour, 6, 'UTC') AS t, toUInt8(1) AS whole, workflow, line_kind,
+               currency, sum(amount) AS amount
+        FROM cost_hourly
+        WHERE tenant = {tenant:String}
+          AND hour >= (SELECT min(window_start) FROM alerts)
+          AND hour < (SELECT max(window_end) FROM alerts)
+        GROUP BY t, workflow, line_kind, currency
+        UNION ALL
+        SELECT event_time, toUInt8(0), workflow, line_kind, currency, amount
+        FROM priced_lines FINAL
+        WHERE tenant = {tenant:String}
+          AND toStartOfHour(event_time) IN
+          (
+              SELECT toStartOfHour(window_start) FROM alerts
+              WHERE toStartOfHour(window_start) != window_start
+              UNION ALL
+              SELECT toStartOfHour(window_end) FROM alerts
+              WHERE toStartOfHour(window_end) != window_end
+          )
+    ),
     spend AS
     (
         SELECT a.budget AS budget, a.workflow AS workflow, a.window_id AS window_id,
                sum(l.amount) AS spend
         FROM alerts AS a
-        INNER JOIN
-        (
-            SELECT amount, line_kind, workflow, currency, event_time
-            FROM priced_lines FINAL
-            WHERE tenant = {tenant:String}
-        ) AS l ON l.currency = a.currency
-        WHERE l.event_time >= a.window_start AND l.event_time < a.window_end
-          AND (a.workflow = '' OR (l.workflow = a.workflow AND l.line_kind = 'usage'))
+        INNER JOIN spend_rows AS l ON l.currency = a.currency
+        WHERE (a.workflow = '' OR (l.workflow = a.workflow AND l.line_kind = 'usage'))
+          AND l.t >= a.window_start
+          AND if(l.whole = 1,
+                 l.t + INTERVAL 1 HOUR <= a.window_end,
+                 l.t < a.window_end
+                 AND NOT (toStartOfHour(l.t) >= a.window_start
+                          AND toStartOfHour(l.t) + INTERVAL 1 HOUR <= a.window_end))
         GROUP BY a.budget, a.workflow, a.window_id
     )
 SELECT

@@ -5,21 +5,52 @@
 --   same price book version, migration 030).
 -- cache_write_cost: what writing the cache cost (meter cache_write_tokens).
 -- net_savings = uncached_cost - cached_cost - cache_write_cost (negative: the cache
---   cost more than it saved). Reads priced_lines FINAL: exact before merges.
+--   cost more than it saved).
+-- Reads only the period: the hours wholly inside it from cost_hourly (051), the partial
+-- hours at its edges from priced_lines FINAL (none for a period on whole hours), so any
+-- period gives the same answer as summing its lines.
 SELECT
     model,
     currency,
-    sumIf(quantity, meter = 'cached_input_tokens') AS cached_tokens,
-    sumIf(amount, meter = 'cached_input_tokens') AS cached_cost,
-    cached_cost + sumIf(cache_savings, meter = 'cached_input_tokens') AS uncached_cost,
-    sumIf(amount, meter = 'cache_write_tokens') AS cache_write_cost,
+    sum(tokens) AS cached_tokens,
+    sum(cached) AS cached_cost,
+    cached_cost + sum(savings) AS uncached_cost,
+    sum(writes) AS cache_write_cost,
     uncached_cost - cached_cost - cache_write_cost AS net_savings
-FROM priced_lines FINAL
-WHERE tenant = {tenant:String}
-  AND event_time >= {start:DateTime('UTC')}
-  AND event_time < {end:DateTime('UTC')}
-  AND line_kind = 'usage'
-  AND meter IN ('cached_input_tokens', 'cache_write_tokens')
+FROM
+(
+    SELECT
+        model,
+        currency,
+        sumIf(quantity, meter = 'cached_input_tokens') AS tokens,
+        sumIf(amount, meter = 'cached_input_tokens') AS cached,
+        sumIf(cache_savings, meter = 'cached_input_tokens') AS savings,
+        sumIf(amount, meter = 'cache_write_tokens') AS writes
+    FROM cost_hourly
+    WHERE tenant = {tenant:String}
+      AND hour >= {start:DateTime('UTC')}
+      AND hour <= {end:DateTime('UTC')} - INTERVAL 1 HOUR
+      AND line_kind = 'usage'
+      AND meter IN ('cached_input_tokens', 'cache_write_tokens')
+    GROUP BY model, currency
+    UNION ALL
+    SELECT
+        model,
+        currency,
+        sumIf(quantity, meter = 'cached_input_tokens'),
+        sumIf(amount, meter = 'cached_input_tokens'),
+        sumIf(cache_savings, meter = 'cached_input_tokens'),
+        sumIf(amount, meter = 'cache_write_tokens')
+    FROM priced_lines FINAL
+    WHERE tenant = {tenant:String}
+      AND event_time >= {start:DateTime('UTC')}
+      AND event_time < {end:DateTime('UTC')}
+      AND (toStartOfHour(event_time) < {start:DateTime('UTC')}
+           OR toStartOfHour(event_time) > {end:DateTime('UTC')} - INTERVAL 1 HOUR)
+      AND line_kind = 'usage'
+      AND meter IN ('cached_input_tokens', 'cache_write_tokens')
+    GROUP BY model, currency
+)
 GROUP BY model, currency
 HAVING cached_tokens > 0 OR cache_write_cost != 0
 ORDER BY net_savings DESC, model, currency

@@ -1,6 +1,7 @@
 -- Reconciliation over all history, per tenant and currency: the money of record
 -- (priced_lines, FINAL) against every rollup fed from it, and the raw events
 -- (usage_events, FINAL) against the usage rollup. ok = 1 when they agree to the unit.
+-- request_costs_by_start holds only the lines that name a request: checked against those.
 -- A mismatch means a rollup missed or double-counted inserts (e.g. a duplicate line
 -- that reached priced_lines): `nodemeter rebuild` recomputes the rollups from the base
 -- tables. Amounts and counts are both shown as Decimal(38, 12) so one column holds them.
@@ -9,6 +10,13 @@ WITH
     (
         SELECT tenant, currency, sum(amount) AS amount, toUInt64(count()) AS n
         FROM priced_lines FINAL
+        GROUP BY tenant, currency
+    ),
+    request_lines AS
+    (
+        SELECT tenant, currency, sum(amount) AS amount, toUInt64(count()) AS n
+        FROM priced_lines FINAL
+        WHERE request_id != ''
         GROUP BY tenant, currency
     ),
     hourly AS
@@ -25,6 +33,11 @@ WITH
     (
         SELECT tenant, currency, sum(amount) AS amount, sum(lines) AS n
         FROM request_node_costs GROUP BY tenant, currency
+    ),
+    starts AS
+    (
+        SELECT tenant, currency, sum(amount) AS amount, sum(lines) AS n
+        FROM request_costs_by_start GROUP BY tenant, currency
     ),
     raw_events AS
     (
@@ -47,6 +60,10 @@ WITH
         SELECT 'amount: priced_lines = request_node_costs', tenant, currency,
                toDecimal128(l.amount, 12), toDecimal128(r.amount, 12)
         FROM lines AS l FULL OUTER JOIN requests AS r USING (tenant, currency)
+        UNION ALL
+        SELECT 'amount: priced_lines with a request = request_costs_by_start', tenant, currency,
+               toDecimal128(l.amount, 12), toDecimal128(r.amount, 12)
+        FROM request_lines AS l FULL OUTER JOIN starts AS r USING (tenant, currency)
         UNION ALL
         SELECT 'lines: priced_lines = cost_hourly', tenant, currency,
                toDecimal128(l.n, 12), toDecimal128(r.n, 12)

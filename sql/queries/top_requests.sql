@@ -1,7 +1,26 @@
 -- The most expensive requests of a tenant that started in [start, end), with each
--- request's cost broken down by node (most expensive node first).
--- Reads request_node_costs (009), aggregated because merges are eventual. Lines without
--- a request (credits, adjustments) are left out.
+-- request's cost broken down by node (most expensive node first). Lines without a
+-- request (credits, adjustments) are left out.
+-- Reads only the period: candidates are the largest rows of request_costs_by_start (052)
+-- in the period's hours (a key range; top-N filtering on its amount index reads few
+-- granules), 4 x limit + 40 of them; their exact totals, first event and per-node
+-- amounts come from request_node_costs (009) by primary key, aggregated because merges
+-- are eventual, and a candidate that started before start is dropped there. Amounts and
+-- starts printed are therefore exact. The one way to rank wrongly: a request whose lines
+-- reached ClickHouse in blocks starting in different hours is several rows there, and if
+-- every one of them is smaller than the last candidate while their sum belongs in the
+-- top, it is missed (rows of one hour merge in the background; `nodemeter rebuild`
+-- joins a request's rows of one month).
+WITH candidates AS
+(
+    SELECT request_id
+    FROM request_costs_by_start
+    WHERE tenant = {tenant:String}
+      AND start_hour >= toStartOfHour({start:DateTime('UTC')})
+      AND start_hour < {end:DateTime('UTC')}
+    ORDER BY amount DESC
+    LIMIT greatest(least({limit:UInt32} * 4 + 40, 1000), {limit:UInt32})
+)
 SELECT
     request_id,
     currency,
@@ -21,7 +40,7 @@ FROM
         min(first_event) AS node_first,
         max(last_event) AS node_last
     FROM request_node_costs
-    WHERE tenant = {tenant:String} AND request_id != ''
+    WHERE tenant = {tenant:String} AND request_id IN candidates
     GROUP BY request_id, currency, node_id
 )
 GROUP BY request_id, currency

@@ -116,9 +116,9 @@ def known_lines() -> list[list[Any]]:
 
 
 def insert_lines(client: Any, rows: list[list[Any]], **settings: Any) -> None:
-    client.insert(
-        "priced_lines", rows, column_names=list(PRICED_LINE_COLUMNS), settings=settings or None
-    )
+    # the columns the rows carry, in PRICED_LINE_COLUMNS order (later columns: defaults)
+    columns = list(PRICED_LINE_COLUMNS)[: len(rows[0])] if rows else list(PRICED_LINE_COLUMNS)
+    client.insert("priced_lines", rows, column_names=columns, settings=settings or None)
 
 
 EVENT_COLUMNS = (

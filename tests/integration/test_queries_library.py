@@ -178,7 +178,10 @@ def test_reconcile_all_ok(known: Any) -> None:
     assert got[("acme", "lines: priced_lines = cost_hourly")] == 11
     assert got[("acme", "events: usage_events = usage_hourly")] == 9
     assert got[("globex", "amount: priced_lines = request_node_costs")] == D("5")
-    assert len(rows) == 10  # 2 tenants x (4 money checks + 1 event check)
+    assert got[("acme", "amount: priced_lines with a request = request_costs_by_start")] == D(
+        "0.343125"
+    )  # every acme line but the credit
+    assert len(rows) == 12  # 2 tenants x (5 money checks + 1 event check)
 
 
 def test_price_book_versions(known: Any) -> None:

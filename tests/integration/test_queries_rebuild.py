@@ -33,6 +33,8 @@ SNAPSHOTS = {
     "request_node_costs": "SELECT tenant, request_id, node_id, currency, max(workflow), "
     "sum(amount), sum(lines), min(first_event), max(last_event) FROM request_node_costs "
     "GROUP BY tenant, request_id, node_id, currency ORDER BY ALL",
+    "request_costs_by_start": "SELECT tenant, start_hour, request_id, currency, sum(amount), "
+    "sum(lines), min(first_event) FROM request_costs_by_start GROUP BY ALL ORDER BY ALL",
     "usage_hourly": "SELECT hour, tenant, node_id, gpu_source, billable, sum(events), "
     "sum(gpu_ms), sum(input_tokens) FROM usage_hourly GROUP BY ALL ORDER BY ALL",
 }
@@ -64,7 +66,7 @@ def test_rebuild_gives_the_same_rollups_as_the_views(ch: Any) -> None:
     assert by_table["usage_hourly"].source_rows == 10
     log = out.getvalue()
     assert "[rebuild cost_hourly] 2/2 partition 202611: 11 rows" in log
-    assert log.count("\n") == 4 * 3  # start line + one per partition, per rollup
+    assert log.count("\n") == len(ROLLUPS) * 3  # start line + one per partition, per rollup
 
 
 def test_rebuild_twice_is_idempotent(ch: Any) -> None:
@@ -100,13 +102,16 @@ def test_duplicate_line_is_flagged_by_reconcile_and_fixed_by_rebuild(ch: Any) ->
         ("acme", "amount: priced_lines = cost_hourly"),
         ("acme", "amount: priced_lines = tenant_spend_daily"),
         ("acme", "amount: priced_lines = request_node_costs"),
+        ("acme", "amount: priced_lines with a request = request_costs_by_start"),
         ("acme", "lines: priced_lines = cost_hourly"),
     }
     assert {m["actual"] - m["expected"] for m in bad} == {D("0.025"), D(1)}
     text = summary(run_checks(ch))
     assert "MISMATCH acme USD amount: priced_lines = cost_hourly: expected 0.8421" in text
-    assert text.endswith("4 mismatch(es): run `nodemeter rebuild`")
-    rebuild(ch, ["cost_hourly", "tenant_spend_daily", "request_node_costs"])
+    assert text.endswith("5 mismatch(es): run `nodemeter rebuild`")
+    rebuild(
+        ch, ["cost_hourly", "tenant_spend_daily", "request_node_costs", "request_costs_by_start"]
+    )
     assert mismatches(ch) == []
 
 
@@ -137,7 +142,12 @@ def test_retried_insert_is_a_no_op_in_the_rollups(ch: Any) -> None:
         insert_lines(ch, rows, insert_deduplication_token="lines:p0:0-0")
     assert ch.query("SELECT count() FROM priced_lines").result_rows == [(1,)]
     assert mismatches(ch) == []
-    for table in ("cost_hourly", "tenant_spend_daily", "request_node_costs"):
+    for table in (
+        "cost_hourly",
+        "tenant_spend_daily",
+        "request_node_costs",
+        "request_costs_by_start",
+    ):
         assert ch.query(f"SELECT sum(amount) FROM {table}").result_rows == [(D("1.5"),)]
 
 

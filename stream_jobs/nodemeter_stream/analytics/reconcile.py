@@ -1,7 +1,8 @@
 """Reconciliation: the money of record against every rollup, to the unit.
 
 Runs ``sql/queries/reconcile.sql`` (priced_lines FINAL vs cost_hourly,
-tenant_spend_daily, request_node_costs; usage_events FINAL vs usage_hourly) and
+tenant_spend_daily, request_node_costs, request_costs_by_start; usage_events FINAL vs
+usage_hourly) and
 summarises it for people (``nodemeter rebuild``, the demo).
 """
 

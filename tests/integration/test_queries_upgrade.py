@@ -1,0 +1,216 @@
+"""Migrations 050-052 (issue 16) on chDB: an existing store upgrades without losing data,
+the new layout is in place, the queries give the same answers, and the period queries
+that now mix rollup hours with base-table edges equal direct sums for any period."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+from analytics_data import (
+    DEC_START,
+    NOV_START,
+    insert_alerts,
+    insert_lines,
+    known_lines,
+    line,
+    load_known,
+    t,
+)
+from test_queries_library import COVERAGE
+
+from nodemeter_stream.analytics import queries
+from nodemeter_stream.analytics.rebuild import rebuild
+from nodemeter_stream.pricing.lines import PRICED_LINE_COLUMNS
+from nodemeter_stream.sink.migrate import discover, migrate
+from nodemeter_stream.sink.store import connect
+
+pytestmark = pytest.mark.clickhouse
+
+NOV = {"tenant": "acme", "start": NOV_START, "end": DEC_START}
+LIBRARY = {
+    "node_costs": NOV,
+    "top_requests": {**NOV, "limit": 5},
+    "model_meter_daily": NOV,
+    "gpu_measured_vs_estimated": NOV,
+    "cache_savings": NOV,
+    "budget_status": NOV,
+    "price_book_versions": NOV,
+    "daily_spend": NOV,
+    "cost_over_time": {**NOV, "bucket_hours": 24},
+    "request_spans": {**NOV, "limit": 10},
+    "reconcile": {},
+}
+TABLES = ("priced_lines", "cost_hourly", "tenant_spend_daily", "request_node_costs")
+# rollup rows of one key may be merged by the copy: compare what they add up to
+MONEY = {t: f"SELECT sum(lines), toString(sum(amount)) FROM {t}" for t in TABLES}
+MONEY["priced_lines"] = "SELECT count(), toString(sum(amount)) FROM priced_lines FINAL"
+
+
+@pytest.fixture
+def before_050(clickhouse_config: Any) -> Any:
+    """A store migrated up to 040 (the schema before issue 16), with the known rows."""
+    client = connect(clickhouse_config)
+    migrate(client, migrations=[m for m in discover() if m.version < 50], verbose=False)
+    load_known(client)
+    # a duplicate line in a block of its own and a line before the rollups existed
+    insert_lines(client, [r for r in known_lines() if r[4] == "r2" and r[5] == "gpu.rerank"])
+    try:
+        yield client
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {clickhouse_config.database}")
+
+
+def answers(ch: Any) -> dict[str, list[tuple[Any, ...]]]:
+    return {name: queries.run(ch, name, **p).rows for name, p in LIBRARY.items()}
+
+
+def test_upgrade_keeps_the_data_and_the_answers(before_050: Any) -> None:
+    ch = before_050
+    lines_before = ch.query("SELECT * FROM priced_lines FINAL ORDER BY line_id").result_rows
+    money_before = {t: ch.query(sql).result_rows for t, sql in MONEY.items() if t != "cost_hourly"}
+
+    ran = migrate(ch, verbose=False)
+    assert [m.version for m in ran] == [m.version for m in discover() if m.version >= 50]
+
+    keys = dict(
+        ch.query(
+            "SELECT name, sorting_key FROM system.tables WHERE database = currentDatabase()"
+        ).result_rows
+    )
+    assert keys["priced_lines"].startswith("tenant, window_id, toStartOfHour(event_time)")
+    assert keys["request_costs_by_start"] == "tenant, start_hour, request_id, currency"
+    # every line copied, every column (the duplicate may collapse in the copy, as in a merge)
+    got = ch.query(
+        f"SELECT {', '.join(c for c in PRICED_LINE_COLUMNS if c != 'rate_match')}, priced_at "
+        "FROM priced_lines FINAL ORDER BY line_id"
+    ).result_rows
+    # (priced_at: of the duplicate, either copy may be the one kept)
+    assert [r[:-1] for r in got] == [_old_order(r)[:-1] for r in lines_before]
+    for table, rows in money_before.items():
+        assert ch.query(MONEY[table]).result_rows == rows, table
+    # cost_hourly was recomputed from priced_lines FINAL: the duplicate counted once
+    assert ch.query(MONEY["cost_hourly"]).result_rows == ch.query(MONEY["priced_lines"]).result_rows
+
+    # tenant_spend_daily (untouched) and request_node_costs (copied as it was) still count
+    # the duplicate the old views saw; request_costs_by_start was filled from FINAL.
+    # reconcile says so, rebuild fixes it
+    bad = {r["check"] for r in queries.run(ch, "reconcile").dicts() if not r["ok"]}
+    assert bad == {
+        "amount: priced_lines = request_node_costs",
+        "amount: priced_lines = tenant_spend_daily",
+    }
+    rebuild(ch, ["request_node_costs", "tenant_spend_daily"])
+    for name, check in COVERAGE.items():  # the known-answer tests, on the upgraded store
+        check(ch)
+        assert name in queries.names()
+
+    # the views still feed the rollups from the new priced_lines
+    insert_lines(ch, [line(request_id="r9", node_id="n", meter="api_calls", quantity=2,
+                           unit_price="0.5", at=t(20, 8))])  # fmt: skip
+    assert ch.query(
+        "SELECT toString(sum(amount)) FROM request_costs_by_start WHERE request_id = 'r9'"
+    ).result_rows == [("1",)]
+    assert [r[0] for r in queries.run(ch, "top_requests", **NOV, limit=1).rows] == ["r9"]
+    assert all(r["ok"] for r in queries.run(ch, "reconcile").dicts())
+
+
+def _old_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row of the old table (005 + 030 column order) in the order selected above."""
+    names = [c for c in PRICED_LINE_COLUMNS if c not in ("cache_savings", "rate_match")]
+    old = dict(zip([*names, "priced_at", "cache_savings"], row, strict=True))
+    return tuple(old[c] for c in [*names, "cache_savings", "priced_at"])
+
+
+def test_migrations_050_to_052_can_run_again(ch: Any) -> None:
+    load_known(ch)
+    before = answers(ch)
+    for mig in discover():
+        if mig.version >= 50:
+            for stmt in mig.statements():
+                ch.command(stmt)
+    assert answers(ch) == before
+
+
+def direct(ch: Any, sql: str, **params: Any) -> Any:
+    return ch.query(sql, parameters=params).result_rows
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (t(2, 10, 1), t(3, 11, 1)),  # inside hours at both ends
+        (t(2, 10, 1), t(2, 10, 2)),  # both ends in one hour
+        (t(2, 9, 30), t(3, 12, 0)),  # one partial edge
+        (NOV_START, DEC_START),  # whole hours only
+    ],
+)
+def test_hybrid_period_queries_equal_the_lines_for_any_period(
+    ch: Any, start: datetime, end: datetime
+) -> None:
+    load_known(ch)
+    p = {"tenant": "acme", "start": start, "end": end}
+    fmt = "%Y-%m-%d %H:%M:%S"
+    where = (
+        "tenant = 'acme' AND event_time >= toDateTime64({s:String}, 6, 'UTC') "
+        "AND event_time < toDateTime64({e:String}, 6, 'UTC')"
+    )
+    kw = {"s": start.strftime(fmt), "e": end.strftime(fmt)}
+    books = direct(
+        ch,
+        f"SELECT price_book, price_book_version, toUInt64(count()), sum(amount) "
+        f"FROM priced_lines FINAL WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
+        **kw,
+    )
+    got = [(r[0], r[1], r[5], r[6]) for r in queries.run(ch, "price_book_versions", **p).rows]
+    assert got == [tuple(r) for r in books]
+
+    cache = direct(
+        ch,
+        f"SELECT model, sumIf(quantity, meter = 'cached_input_tokens'), "
+        f"sumIf(cache_savings, meter = 'cached_input_tokens'), "
+        f"sumIf(amount, meter = 'cache_write_tokens') FROM priced_lines FINAL WHERE {where} "
+        f"AND line_kind = 'usage' AND meter IN ('cached_input_tokens', 'cache_write_tokens') "
+        f"GROUP BY model",
+        **kw,
+    )
+    got_cache = [
+        (r[0], r[2], r[4] - r[3], r[5]) for r in queries.run(ch, "cache_savings", **p).rows
+    ]
+    assert got_cache == [tuple(r) for r in cache]
+
+
+def test_budget_windows_off_the_hour_are_exact(ch: Any) -> None:
+    """A tenant in UTC+05:30: its day window starts and ends at :30 past a UTC hour. The
+    spend takes the whole hours from cost_hourly and the half hours from the lines."""
+    ist = timezone(timedelta(hours=5, minutes=30))
+    ws = datetime(2026, 11, 2, 0, 0, tzinfo=ist).astimezone(UTC)  # Nov 1 18:30 UTC
+    we = datetime(2026, 11, 3, 0, 0, tzinfo=ist).astimezone(UTC)  # Nov 2 18:30 UTC
+    load_known(ch)
+    edge = [
+        line(request_id="x1", node_id="n", meter="api_calls", quantity=1, unit_price="1",
+             at=ws - timedelta(minutes=1)),  # outside, in the window's first UTC hour
+        line(request_id="x2", node_id="n", meter="api_calls", quantity=1, unit_price="2",
+             at=ws + timedelta(minutes=1)),  # inside, same hour
+        line(request_id="x3", node_id="n", meter="api_calls", quantity=1, unit_price="4",
+             at=we - timedelta(minutes=1)),  # inside, in the last UTC hour
+        line(request_id="x4", node_id="n", meter="api_calls", quantity=1, unit_price="8",
+             at=we),  # outside: the window is half-open
+    ]  # fmt: skip
+    insert_lines(ch, edge)
+    insert_alerts(ch, [["i1", "acme", "ist-daily", "", "2026-11-02", ws, we, 50, "INFO",
+                        D(100), D(1), False, ws + timedelta(minutes=1)]])  # fmt: skip
+    rows = {r["budget"]: r for r in queries.run(ch, "budget_status", **NOV).dicts()}
+    expected = direct(
+        ch,
+        "SELECT sum(amount) FROM priced_lines FINAL WHERE tenant = 'acme' "
+        "AND event_time >= {a:DateTime64(6, 'UTC')} AND event_time < {b:DateTime64(6, 'UTC')}",
+        a=ws.replace(tzinfo=None),
+        b=we.replace(tzinfo=None),
+    )[0][0]
+    # r1 (Nov 2 10:xx UTC, 0.031625) and x2 + x3
+    assert expected == D("6.031625")
+    assert rows["ist-daily"]["spend"] == expected
+    assert rows["monthly"]["spend"] == D("0.042125") + D(15)  # all four are in November
