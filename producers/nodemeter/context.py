@@ -22,7 +22,10 @@ reorders parallel work.
 
 Ids are deterministic: a span id is a hash of (request, parent span, branch
 path, node id, occurrence), and the event id a hash of (tenant, request, span,
-sequence), so re-running a request with the same request_id re-emits the same ids.
+sequence), so re-running a request with the same request_id re-emits the same ids
+(a resend, deduped). Without a request_id each request gets a fresh one (uuid4),
+inside one OpenTelemetry trace too (the trace id goes to ``trace_id``); work that
+really ran again (an LLM call retried) is a new request: give it a new request_id.
 """
 
 from __future__ import annotations
@@ -537,12 +540,11 @@ class RequestScope(_Scope):
         self._span_obj = None
 
     def _open(self) -> Span:
-        request_id, trace_id = self.request_id, self.trace_id
-        if self.meter.otel_enabled and (request_id is None or trace_id is None):
-            otel_trace = current_trace_id()
-            trace_id = trace_id or otel_trace
-            request_id = request_id or otel_trace
-        request_id = request_id or uuid.uuid4().hex
+        trace_id = self.trace_id
+        if trace_id is None and self.meter.otel_enabled:
+            trace_id = current_trace_id()
+        # Never the trace id: a trace can hold many requests, and ids derive from it.
+        request_id = self.request_id or uuid.uuid4().hex
         state = _RequestState(
             self.meter, self.tenant, request_id, self.workflow, trace_id, self.attributes
         )

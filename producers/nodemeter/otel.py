@@ -1,7 +1,8 @@
 """OpenTelemetry integration (optional: ``opentelemetry-api``/``-sdk`` imported lazily).
 
-- A request opened inside a traced operation takes the trace id as its
-  request id (and ``trace_id``), so usage joins traces.
+- A request opened inside a traced operation records the trace id as its
+  ``trace_id``, so usage joins traces (its request id stays its own: one trace
+  can hold many requests).
 - Usage recorded on a node span is also written to the current OTel span as
   ``gen_ai.usage.*`` attributes (GenAI semantic conventions).
 - ``UsageSpanProcessor`` goes the other way: added to a ``TracerProvider``, it

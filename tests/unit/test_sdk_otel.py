@@ -8,7 +8,7 @@ from typing import Any
 
 from test_sdk_fakes import delivered_records, fake_meter
 
-from nodemeter.events import Status, event_id_for
+from nodemeter.events import Status, UsageEvent, event_id_for
 from nodemeter.otel import UsageSpanProcessor, usage_event_from_span
 
 TRACE, SPAN, PARENT = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 0x00F067AA0BA902B7
@@ -67,7 +67,7 @@ def test_processor_emits_only_genai_spans_with_a_tenant(tmp_path: Path) -> None:
     assert ev.status == Status.ERROR and proc.emitted == 1 and proc.skipped == 1
 
 
-def test_real_otel_trace_id_becomes_request_id_and_usage_lands_on_the_span(
+def test_real_otel_trace_id_becomes_trace_id_and_usage_lands_on_the_span(
     tmp_path: Path,
 ) -> None:
     from opentelemetry.sdk.trace import TracerProvider
@@ -85,9 +85,10 @@ def test_real_otel_trace_id_becomes_request_id_and_usage_lands_on_the_span(
         with tracer.start_as_current_span("chat"), meter.node("answer", model="gpt-4o") as span:
             span.record(input_tokens=30, cached_input_tokens=70, output_tokens=5)
     meter.flush()
-    assert root.request.request_id == trace_id
+    assert root.request.request_id != trace_id and root.request.trace_id == trace_id
     (ev, end) = delivered_records(producers)
-    assert ev.request_id == end.request_id == ev.trace_id == trace_id
+    assert ev.request_id == end.request_id == root.request.request_id
+    assert ev.trace_id == trace_id
     chat = next(s for s in exporter.get_finished_spans() if s.name == "chat")
     assert chat.attributes["gen_ai.usage.input_tokens"] == 100  # OTel counts cached inside input
     assert chat.attributes["gen_ai.usage.cache_read_input_tokens"] == 70
@@ -113,3 +114,37 @@ def test_real_otel_span_processor(tmp_path: Path) -> None:
     assert (
         ev.provider == "anthropic" and ev.meters.input_tokens == 12 and ev.node_id == "chat claude"
     )
+
+
+def test_requests_in_one_trace_get_their_own_request_and_event_ids(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("t")
+    meter, producers = fake_meter(tmp_path)
+    with tracer.start_as_current_span("http POST /summarize") as outer:
+        trace_id = f"{outer.get_span_context().trace_id:032x}"
+        for tokens in (100, 200, 300):
+            with (
+                meter.request(tenant="acme", workflow="summarize"),
+                meter.node("llm", model="gpt-4o") as s,
+            ):
+                s.record(input_tokens=tokens)
+    meter.flush()
+    records = delivered_records(producers)
+    usage = [r for r in records if isinstance(r, UsageEvent)]
+    assert sorted(u.meters.input_tokens for u in usage) == [100, 200, 300]
+    assert len({r.event_id for r in records}) == 6  # 3 usage events + 3 request ends
+    assert len({u.request_id for u in usage}) == 3
+    assert all(u.trace_id == trace_id and u.request_id != trace_id for u in usage)
+
+
+def test_a_retry_is_the_same_request_id_a_rerun_a_new_one(tmp_path: Path) -> None:
+    """Same request_id: same event ids (a resend, deduped). A new request_id (or
+    leaving it unset): new ids, so an LLM call that really ran again is billed again."""
+    meter, producers = fake_meter(tmp_path)
+    for request_id in ("order-7", "order-7", "order-7.attempt-2"):
+        with meter.request(tenant="acme", request_id=request_id), meter.node("llm") as s:
+            s.record(input_tokens=10)
+    meter.flush()
+    ids = [r.event_id for r in delivered_records(producers) if isinstance(r, UsageEvent)]
+    assert ids[0] == ids[1] != ids[2]
