@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from analytics_data import DEC_START, NOV_START, load_known, t
+from test_queries_unmatched import test_unmatched_models  # its known-answer test
 
 from nodemeter_stream.analytics import queries
 from nodemeter_stream.analytics.report import collect
@@ -212,6 +213,7 @@ COVERAGE = {
     "cost_over_time": test_cost_over_time_daily_and_hourly,
     "request_spans": test_request_spans_and_the_graph_built_from_them,
     "reconcile": test_reconcile_all_ok,
+    "unmatched_models": test_unmatched_models,
 }
 
 

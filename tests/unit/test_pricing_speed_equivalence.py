@@ -71,11 +71,27 @@ FULL_EVERY = 200  # steps between comparisons of all states and seen records
 def _outcome(out: Any) -> tuple[Any, ...]:
     return (
         "ok",
-        [(ln.to_dict(), repr(ln)) for ln in out.lines],
+        # rate_match (migration 060) is newer than the reference: left out of the comparison
+        [_line(ln) for ln in out.lines],
         [(a.to_dict(), repr(a)) for a in out.alerts],
         out.duplicate,
         sorted(out.budget_keys),
     )
+
+
+def _line(ln: Any) -> tuple[dict[str, Any], str]:
+    d = {k: v for k, v in ln.to_dict().items() if k != "rate_match"}
+    text = repr(ln).replace(f", rate_match={getattr(ln, 'rate_match', '')!r}", "")
+    return d, text
+
+
+def _strip(obj: Any) -> Any:
+    """``obj`` without the ``rate_match`` fields of stored lines (newer than the reference)."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k != "rate_match"}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
 
 
 def _error(exc: Exception) -> tuple[Any, ...]:
@@ -136,7 +152,7 @@ class Twins:
 
     def check_stored(self) -> None:
         assert json.dumps(self.states["new"]) == json.dumps(self.states["ref"])
-        assert json.dumps(self.seen["new"]) == json.dumps(self.seen["ref"])
+        assert json.dumps(_strip(self.seen["new"])) == json.dumps(self.seen["ref"])
 
     def event(self, ev: UsageEvent, source: tuple[int, int] | None = None) -> Any:
         def go(side: str, engine: Any) -> Any:
@@ -194,6 +210,11 @@ def new_state(tenant: str) -> dict[str, Any]:
 
 def example_docs() -> list[tuple[str, Any]]:
     docs = [(str(f), yaml.safe_load(f.read_text())) for f in sorted(EXAMPLES_DIR.glob("*.yaml"))]
+    # price book aliases are newer than the reference (its loader refuses the field);
+    # the events below use the rates' own names, so both engines price without them
+    for _, doc in docs:
+        if isinstance(doc.get("price_book"), dict):
+            doc["price_book"].pop("aliases", None)
     extra = {
         "tenants": {
             "howe": {
@@ -398,10 +419,10 @@ def _batch_items(ops: list[tuple[Any, ...]]) -> list[Item]:
 
 def _batch_result(res: Any) -> tuple[Any, ...]:
     return (
-        [(ln.to_dict(), repr(ln)) for ln in res.lines],
+        [_line(ln) for ln in res.lines],
         [(a.to_dict(), repr(a)) for a in res.alerts],
         sorted(res.doubt_lines),
-        json.dumps(res.states),
+        json.dumps(_strip(res.states)),
         repr(res.budget_records),
         [(r.item.offset, r.reason, r.detail, r.tenant, r.event_id) for r in res.rejected],
         res.priced,
@@ -442,7 +463,8 @@ def test_price_batch_gives_identical_results(kw: dict[str, Any]) -> None:
                 for tenant, (_, state) in res.states.items():
                     texts[tenant] = json.dumps(state)
         assert got["new"] == got["ref"], f"batch at {lo}"
-        if stored["new"] == stored["ref"]:
+        new_texts = {t: json.dumps(_strip(json.loads(v))) for t, v in stored["new"].items()}
+        if new_texts == stored["ref"]:
             lo = hi
         else:  # pragma: no cover - the assertion below explains
             raise AssertionError("stored states differ")

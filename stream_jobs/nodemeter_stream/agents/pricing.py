@@ -125,6 +125,12 @@ class Pricing:
             "nodemeter_priced_events", "Usage events priced", ["kind"], registry=r
         )
         self.m_ticks = Counter("nodemeter_window_ticks", "Window ticks sent", registry=r)
+        self.m_fallback = Counter(
+            "nodemeter_priced_lines_fallback",
+            "Usage lines priced by a generic rate: the model or GPU type has no rate or alias",
+            ["meter"],
+            registry=r,
+        )
 
     def recovered(self, partitions: list[int], rows: list[Any]) -> None:
         self.tenants = {r.key: json.loads(r.value) for r in rows}
@@ -219,6 +225,13 @@ class Pricing:
         self.tenants.update({tenant: st for tenant, (_, st) in res.states.items()})
         self.gate.applied(spans)
         self.m_lines.inc(len(lines))
+        generic = [ln for ln in lines if ln.rate_match == "generic"]
+        for ln in generic:
+            self.m_fallback.labels(meter=ln.meter).inc()
+        if generic:
+            names = sorted({(ln.tenant, ln.model, ln.gpu_type) for ln in generic})
+            log.warning("%d line(s) priced by a generic rate (no rate or alias for the model "
+                        "or GPU type): %s", len(generic), names[:10])  # fmt: skip
         self.m_alerts.inc(len(res.alerts))
         self.m_events.labels(kind="priced").inc(res.priced)
         self.m_events.labels(kind="duplicate").inc(res.duplicates)

@@ -28,6 +28,7 @@ would stall pricing: it fails here, at load, instead.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import os
@@ -115,11 +116,33 @@ class BookVersion:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Alias:
+    """Names that arrive for ``canonical``: ``pattern`` is a shell-style glob
+    (``gpt-4o-20??-??-??``, ``NVIDIA H100*``). Model patterns match case-sensitively,
+    GPU patterns ignoring case (NVML reports ``NVIDIA H100 80GB HBM3``)."""
+
+    kind: str  # "models" | "gpu_types"
+    canonical: str
+    pattern: str
+
+    def matches(self, name: str) -> bool:
+        if self.kind == "gpu_types":
+            return fnmatch.fnmatchcase(name.lower(), self.pattern.lower())
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PriceBook:
     name: str
     currency: str
     versions: tuple[BookVersion, ...]  # ordered by effective_from
     extends: str | None = None
+    aliases: tuple[Alias, ...] = ()
+
+    def names(self, kind: str) -> set[str]:
+        """The model (or GPU type) names its rates state, in any version."""
+        attr = "model" if kind == "models" else "gpu_type"
+        return {getattr(r, attr) for v in self.versions for r in v.rates} - {ANY}
 
     def version_at(self, ts: datetime) -> BookVersion | None:
         """The version in force at ``ts``: the latest whose effective_from <= ts."""
@@ -182,6 +205,24 @@ class PricingConfig:
             out.append(self.books[name])
             name = self.books[name].extends
         return out
+
+    def canonical(self, book: str, kind: str, name: str) -> str:
+        """The name ``book``'s rates know ``name`` by (``kind``: "models" or "gpu_types").
+
+        A name some book of the chain prices by that exact name is kept; otherwise the
+        first alias that matches, nearest book first, in file order, gives its
+        canonical name; otherwise the name is kept (and a generic rate, if any, prices
+        it: a ``generic`` line)."""
+        if not name:
+            return name
+        chain = self.chain(book)
+        if any(name in pb.names(kind) for pb in chain):
+            return name
+        for pb in chain:
+            for a in pb.aliases:
+                if a.kind == kind and a.matches(name):
+                    return a.canonical
+        return name
 
     def resolve(
         self, book: str, *, meter: str, model: str, provider: str, gpu_type: str, at: datetime
@@ -379,8 +420,9 @@ def _rate(r: _Reader, raw: Any, where: str) -> Rate:
 
 
 def _book(r: _Reader, raw: Any, where: str) -> PriceBook:
-    d = r.mapping(raw, where, allowed=("name", "currency", "extends", "versions"))
+    d = r.mapping(raw, where, allowed=("name", "currency", "extends", "versions", "aliases"))
     name = r.string(d.get("name"), f"{where}.name")
+    aliases = _aliases(r, d.get("aliases"), f"{where}.aliases")
     currency = r.string(d.get("currency", "USD"), f"{where}.currency").upper()
     extends = r.string(d["extends"], f"{where}.extends") if d.get("extends") else None
     versions: list[BookVersion] = []
@@ -416,7 +458,30 @@ def _book(r: _Reader, raw: Any, where: str) -> PriceBook:
                 f"{where}.versions",
                 f"versions must increase in number and effective_from (v{a.version} -> v{b.version})",
             )
-    return PriceBook(name=name, currency=currency, versions=tuple(versions), extends=extends)
+    return PriceBook(
+        name=name, currency=currency, versions=tuple(versions), extends=extends, aliases=aliases
+    )
+
+
+def _aliases(r: _Reader, raw: Any, where: str) -> tuple[Alias, ...]:
+    """``aliases: {models: {gpt-4o: ["gpt-4o-20??-??-??"]}, gpu_types: {H100: [...]}}``."""
+    if raw is None:
+        return ()
+    d = r.mapping(raw, where, allowed=("models", "gpu_types"))
+    out: list[Alias] = []
+    for kind in ("models", "gpu_types"):
+        if d.get(kind) is None:
+            continue
+        names = r.mapping(d[kind], f"{where}.{kind}", allowed=None)
+        for canonical, patterns in names.items():
+            w = f"{where}.{kind}.{canonical}"
+            canon = r.string(canonical, w)
+            for i, pat in enumerate(r.seq(patterns, w)):
+                pattern = r.string(pat, f"{w}[{i}]")
+                if not pattern:
+                    raise r.fail(f"{w}[{i}]", "an alias pattern must not be empty")
+                out.append(Alias(kind=kind, canonical=canon, pattern=pattern))
+    return tuple(out)
 
 
 def _budget(r: _Reader, raw: Any, where: str) -> Budget:

@@ -41,7 +41,14 @@ from zoneinfo import ZoneInfo
 
 from nodemeter.events import UsageEvent
 from nodemeter_stream.pricing import budgets as budget_rules
-from nodemeter_stream.pricing.book import BookVersion, ChargeModel, PricingConfig, Rate, TenantPlan
+from nodemeter_stream.pricing.book import (
+    ANY,
+    BookVersion,
+    ChargeModel,
+    PricingConfig,
+    Rate,
+    TenantPlan,
+)
 from nodemeter_stream.pricing.budgets import BudgetAlert
 from nodemeter_stream.pricing.charge import price_pieces, volume_exact
 from nodemeter_stream.pricing.errors import PricingError
@@ -111,6 +118,7 @@ class PricingEngine:
         self._points: dict[str, list[datetime]] = {}  # book -> effective_from of its chain
         self._rates: dict[tuple[str, int, str, str, str, str], tuple[BookVersion, Rate] | None]
         self._rates = {}
+        self._names: dict[tuple[str, str, str], str] = {}  # (book, kind, name) -> canonical
         # tenant -> (horizon, retention, entry ids, entries) of the last _drop_old scan
         self._horizons: dict[str, tuple[datetime, timedelta, list[int], list[Any]]] = {}
 
@@ -127,7 +135,21 @@ class PricingEngine:
             self._plans.clear()
             self._points.clear()
             self._rates.clear()
+            self._names.clear()
         return config
+
+    def _name(self, book: str, kind: str, name: str) -> str:
+        """``config.canonical(...)`` (aliases), memoized."""
+        if not name:
+            return name
+        key = (book, kind, name)
+        found = self._names.get(key)
+        if found is None:
+            found = self._config().canonical(book, kind, name)
+            if len(self._names) >= _MEMO_MAX:
+                self._names.clear()
+            self._names[key] = found
+        return found
 
     def _plan(self, tenant: str) -> TenantPlan:
         """``config.plan_for(tenant)``, memoized."""
@@ -389,6 +411,8 @@ class PricingEngine:
     ) -> list[PricedLine]:
         ws = self._window_state(state, plan, win)
         model, provider = ev.model or "", ev.provider or ""
+        # the names the book's rates know (aliases); lines keep the names that arrived
+        book_model = self._name(plan.price_book, "models", model)
         currency = self.currency(plan)
         out: list[PricedLine] = []
 
@@ -405,6 +429,7 @@ class PricingEngine:
             tier: int,
             lid: str,
             savings: Decimal = ZERO,
+            match: str = "",
         ) -> PricedLine:
             return PricedLine(
                 line_id=lid, line_kind=kind, event_id=ev.event_id, tenant=ev.tenant,
@@ -413,7 +438,7 @@ class PricingEngine:
                 unit_price=price, amount=amount, currency=currency, price_book=book,
                 price_book_version=version, charge_model=charge, tier=tier,
                 window_id=win.window_id, window_start=win.start, event_time=ev.event_time,
-                cache_savings=savings,
+                cache_savings=savings, rate_match=match,
             )  # fmt: skip
 
         gross = ZERO
@@ -421,10 +446,12 @@ class PricingEngine:
         tenant, event_id, at = ev.tenant, ev.event_id, ev.event_time
         for meter, qty in sorted(ev.meters.quantities().items()):
             gpu_type = ev.meters.gpu_type if meter == "gpu_ms" else ""
-            ukey = "|".join((meter, model, provider, gpu_type))
+            book_gpu = self._name(plan.price_book, "gpu_types", gpu_type)
+            # tiers count per name the book knows: a dated snapshot shares its model's
+            ukey = "|".join((meter, book_model, provider, book_gpu))
             position = int(units.get(ukey, 0))
             units[ukey] = position + qty
-            found = self._resolve(plan.price_book, meter, model, provider, gpu_type, at)
+            found = self._resolve(plan.price_book, meter, book_model, provider, book_gpu, at)
             if found is None:
                 # No book prices it: keep the usage visible at zero rather than lose it.
                 lid = line_id("usage", tenant, event_id, meter, 0, "unpriced")
@@ -441,12 +468,14 @@ class PricingEngine:
                         "unpriced",
                         0,
                         lid,
+                        match="unpriced",
                     )
                 )
                 continue
             version, rate = found
+            match = rate_match(rate, model, book_model, gpu_type, book_gpu)
             list_price = (
-                self._input_list_price(plan, model, provider, ev) if meter == CACHED else None
+                self._input_list_price(plan, book_model, provider, ev) if meter == CACHED else None
             )
             for p in price_pieces(rate, position, qty):
                 lid = line_id("usage", tenant, event_id, meter, p.tier, p.charge_model)
@@ -455,7 +484,8 @@ class PricingEngine:
                 )
                 out.append(
                     line("usage", meter, gpu_type, p.quantity, p.unit_price, p.amount,
-                         version.book, version.version, p.charge_model, p.tier, lid, savings)
+                         version.book, version.version, p.charge_model, p.tier, lid, savings,
+                         match)
                 )  # fmt: skip
                 gross = add(gross, p.amount)
                 if p.charge_model == _VOLUME:
@@ -648,3 +678,25 @@ class PricingEngine:
             lines=lines,
             touched=touched,
         )
+
+
+def rate_match(rate: Rate, model: str, book_model: str, gpu_type: str, book_gpu: str) -> str:
+    """How a usage line's rate was found (the ``rate_match`` column).
+
+    ``generic``: the event names a model (or GPU type) and the rate is one that does not
+    (the book has no rate for that name, nor an alias to one): priced, but probably at
+    the wrong price, so never silently; ``alias``: through a book alias; ``exact``: by
+    the name that arrived; empty: the event names neither."""
+    named = False
+    via_alias = False
+    for name, book_name, rate_name in ((model, book_model, rate.model),
+                                       (gpu_type, book_gpu, rate.gpu_type)):  # fmt: skip
+        if not name:
+            continue
+        named = True
+        if rate_name == ANY:
+            return "generic"
+        via_alias = via_alias or book_name != name
+    if via_alias:
+        return "alias"
+    return "exact" if named else ""

@@ -46,6 +46,7 @@ PRICED_LINE_COLUMNS: tuple[str, ...] = (
     "window_start",
     "event_time",
     "cache_savings",
+    "rate_match",
 )
 
 
@@ -80,6 +81,9 @@ class PricedLine:
     # On cached_input_tokens lines: what the tokens would have cost at the model's
     # input_tokens list price minus what they cost (column added by migration 030).
     cache_savings: Decimal = Decimal(0)
+    # usage lines: exact | alias | generic (a fallback rate) | unpriced; "" otherwise
+    # (column added by migration 060; engine.rate_match)
+    rate_match: str = ""
 
     def row(self) -> list[Any]:
         """Values in ``PRICED_LINE_COLUMNS`` order for clickhouse-connect."""
