@@ -48,8 +48,11 @@ MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_LEN = 2048
 MAX_CUSTOM_METERS = 32
 MAX_EVENT_BYTES = 64 * 1024
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
-_CUSTOM_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
+# \A...\Z, not ^...$: `$` also matches before a final "\n", and "acme\n" would pass
+# as a tenant of its own (priced on the default plan, hidden from acme's reports).
+# The compiled encoder (producers/native) implements these exact patterns.
+_TENANT_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")
+_CUSTOM_RE = re.compile(r"\A[a-z][a-z0-9_.]{0,63}\Z")
 
 METER_NAMES: tuple[str, ...] = (
     "input_tokens",
@@ -184,7 +187,7 @@ def _check_id(name: str, value: Any, *, required: bool = True) -> None:
 
 def validate_tenant(tenant: Any) -> None:
     _check_id("tenant", tenant)
-    if not _TENANT_RE.match(tenant):
+    if not _TENANT_RE.fullmatch(tenant):
         raise _bad(
             f"tenant {tenant!r} must match {_TENANT_RE.pattern} (letters, digits, _ . : @ -)",
             "invalid_tenant",
@@ -209,7 +212,7 @@ def validate_meters(meters: Meters) -> None:
             f"{len(meters.custom)} custom meters; the limit is {MAX_CUSTOM_METERS}"
         )
     for cname, qty in meters.custom.items():
-        if not isinstance(cname, str) or not _CUSTOM_RE.match(cname):
+        if not isinstance(cname, str) or not _CUSTOM_RE.fullmatch(cname):
             raise _bad(
                 f"custom meter name {cname!r} must match {_CUSTOM_RE.pattern}", "invalid_meter"
             )

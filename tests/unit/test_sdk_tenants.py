@@ -46,3 +46,35 @@ def test_tenants_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert MeterConfig(bootstrap_servers="x:1").tenants == frozenset({"acme", "globex"})
     monkeypatch.delenv("NODEMETER_TENANTS")
     assert MeterConfig(bootstrap_servers="x:1").tenants is None
+
+
+@pytest.mark.parametrize("native", [False, None])
+def test_a_trailing_newline_is_refused_in_tenants_and_custom_meters(
+    tmp_path: Path, native: bool | None
+) -> None:
+    """``$`` lets "acme\\n" through; the whole string must match (both encoders)."""
+    from nodemeter.events import Meters, validate_meters, validate_tenant
+    from nodemeter.meter import Meter
+
+    meter, producers = fake_meter(tmp_path)
+    meter = Meter(meter.config, producer_factory=lambda conf: producers[0], native=native)
+    for bad in ("acme\n", "acme\r\n", "\nacme"):
+        with pytest.raises(InvalidUsageError) as exc:
+            validate_tenant(bad)
+        assert exc.value.reason == "invalid_tenant"
+        with pytest.raises(InvalidUsageError):
+            meter.request(tenant=bad)
+        with pytest.raises(InvalidUsageError):
+            meter.emit(event(bad))
+    pages = Meters(custom={"pages\n": 3})
+    with pytest.raises(InvalidUsageError) as exc:
+        validate_meters(pages)
+    assert exc.value.reason == "invalid_meter"
+    with pytest.raises(InvalidUsageError):
+        meter.emit(UsageEvent(**{**_fields(event("acme")), "meters": pages}))
+    meter.close()
+    assert delivered_records(producers) == []
+
+
+def _fields(ev: UsageEvent) -> dict[str, object]:
+    return {f: getattr(ev, f) for f in ev.__slots__}

@@ -78,8 +78,9 @@ const END_FIELDS: [&str; 9] = [
 /// The quantities among METER_FIELDS (indices), validated against their limits.
 const QUANTITIES: [usize; 7] = [0, 1, 2, 3, 4, 7, 8];
 /// The patterns the hand-written checks below implement; `configure` refuses others.
-const TENANT_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$";
-const CUSTOM_PATTERN: &str = "^[a-z][a-z0-9_.]{0,63}$";
+/// Anchored with \A and \Z: the whole string, so "acme\n" is refused (as in Python).
+const TENANT_PATTERN: &str = "\\A[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\\Z";
+const CUSTOM_PATTERN: &str = "\\A[a-z][a-z0-9_.]{0,63}\\Z";
 const MAX_SPAN_COUNT: i64 = 1_000_000;
 const T_OBJECT_EX: c_int = 16; // Py_T_OBJECT_EX: a slot that raises AttributeError when unset
 
@@ -406,8 +407,7 @@ unsafe fn put_map(
 // --- validation rules (each mirrors nodemeter.events) ----------------------------------
 
 fn tenant_ok(b: &[u8]) -> bool {
-    // ^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$ ; a trailing "\n" (which Python's `$`
-    // lets through) is left to the Python path.
+    // \A[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z: the whole string (no trailing "\n")
     match b.split_first() {
         Some((first, rest)) => {
             first.is_ascii_alphanumeric()
@@ -421,7 +421,7 @@ fn tenant_ok(b: &[u8]) -> bool {
 }
 
 fn custom_name_ok(b: &[u8]) -> bool {
-    // ^[a-z][a-z0-9_.]{0,63}$
+    // \A[a-z][a-z0-9_.]{0,63}\Z
     match b.split_first() {
         Some((first, rest)) => {
             first.is_ascii_lowercase()
@@ -1081,7 +1081,7 @@ impl Decoder {
         set_slot(&ev, u[0], self.text(&mut r, check, 1, id)?); // event_id
         let (tenant, _, tb) = r.text()?;
         if check && !tenant_ok(tb) {
-            return None; // (a trailing "\n", which Python's `$` lets through, too)
+            return None;
         }
         set_slot(&ev, u[1], tenant);
         for &offset in &u[2..5] {
