@@ -65,6 +65,10 @@ class WorkerConfig:
     # usage dated more than this ahead of the worker's clock is a dead letter
     # (future_event_time): one event from a broken clock must not close windows early
     max_future_skew_s: float = 300.0
+    # Confluent Schema Registry (NODEMETER_SCHEMA_REGISTRY_URL, as for the SDK): records
+    # in its framing are decoded with the writer schemas it holds. Not in repr: a URL
+    # may carry credentials.
+    schema_registry_url: str | None = field(default=None, repr=False)
     sink_retry_max_s: float = 5.0
     agent_modules: tuple[str, ...] = AGENT_MODULES
     # Faust's local data dir (tables are memory://, so it stays nearly empty); kept out
@@ -128,6 +132,7 @@ class WorkerConfig:
             "bootstrap": os.environ.get("NODEMETER_KAFKA_BOOTSTRAP", ""),
             "topic_prefix": _env("TOPIC_PREFIX", ""),
             "app_id": _env("WORKER_APP_ID", "nodemeter-worker"),
+            "schema_registry_url": os.environ.get("NODEMETER_SCHEMA_REGISTRY_URL") or None,
         }
         for name, fn in conv.items():
             raw = os.environ.get(f"NODEMETER_WORKER_{name.upper()}")

@@ -28,10 +28,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from nodemeter.errors import RegistryError, UnknownSchemaError
 from nodemeter.events import UsageEvent
+from nodemeter.registry import RegistryClient
 from nodemeter_stream.agents.effects import Gate, apply_batch, spans_of
 from nodemeter_stream.app import Worker
 from nodemeter_stream.ingest import forward
+from nodemeter_stream.ingest.confluent import SchemaCache
 from nodemeter_stream.ingest.decode import Accepted, DeadLetter, Source, classify
 from nodemeter_stream.ingest.dedupe import needs_lookup
 from nodemeter_stream.ingest.dlq import dlq_record
@@ -95,6 +98,13 @@ class Ingest:
         self.idle.set()
         self.draining = False
         self.lookups = 0
+        # Confluent-framed records: writer schemas from the registry, resolved per batch
+        # before classification (ingest/confluent.py)
+        self.registry: RegistryClient | None = None
+        self.schemas: SchemaCache | None = None
+        if self.cfg.schema_registry_url:
+            self.registry = RegistryClient(self.cfg.schema_registry_url)
+            self.schemas = SchemaCache()
         self.gate = Gate(
             app,
             "ingest_usage",
@@ -150,13 +160,17 @@ class Ingest:
         self.metrics.batch_size.observe(len(events))
         max_bytes = self.cfg.max_event_bytes
         not_after = datetime.fromtimestamp(now_ms / 1000 + self.cfg.max_future_skew_s, UTC)
+        schemas = self.schemas
+        if schemas is not None:
+            await self.resolve_schemas(schemas.missing(e.value for e in events))
         items = []
         for e in events:
             m = e.message
             src = Source(topic=m.topic, partition=m.partition, offset=m.offset)
             items.append(
-                classify(e.value, key=e.key, source=src, max_bytes=max_bytes, not_after=not_after)
-            )
+                classify(e.value, key=e.key, source=src, max_bytes=max_bytes,
+                         not_after=not_after, schemas=schemas)
+            )  # fmt: skip
         async with self.lock:
             wanted = self.to_look_up(items, now_ms)
             stored = await self.store.stored_events(wanted) if wanted else {}
@@ -225,6 +239,33 @@ class Ingest:
             (time.perf_counter() - t_start) * 1000,
         )  # fmt: skip
         return plan
+
+    async def resolve_schemas(self, ids: set[int]) -> None:
+        """Fetch these writer schemas from the registry, off the event loop. An id the
+        registry does not know is remembered as absent (its records become dead
+        letters); while the registry cannot be reached the batch waits and retries,
+        with backoff, so nothing is dead-lettered for an outage."""
+        registry, schemas = self.registry, self.schemas
+        assert registry is not None and schemas is not None
+        for sid in sorted(ids):
+            delay = 0.1
+            while True:
+                try:
+                    found = await asyncio.to_thread(registry.schema, sid)
+                except UnknownSchemaError:
+                    schemas.put(sid, None)
+                    break
+                except RegistryError as exc:
+                    if self.draining or self.sink._stopping:
+                        raise SinkStopped(
+                            f"stopped while the registry was unreachable: {exc}"
+                        ) from exc
+                    log.warning("schema id %d: %s; retrying in %.1f s", sid, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                schemas.put(sid, found)
+                break
 
     async def send(self, plan: BatchPlan, now_ms: int) -> None:
         """Forwards (one record per tenant) and dead letters, on the broker on return."""

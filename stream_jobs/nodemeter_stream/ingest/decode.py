@@ -15,6 +15,8 @@ from nodemeter.codec import decode_record
 from nodemeter.errors import DecodeError, InvalidUsageError
 from nodemeter.events import MAX_EVENT_BYTES, Record, UsageEvent, validate_record
 from nodemeter.fastcodec import decode_valid_usage_event
+from nodemeter.registry import decode_confluent
+from nodemeter_stream.ingest.confluent import SchemaCache, schema_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +56,7 @@ def classify(
     source: Source,
     max_bytes: int = MAX_EVENT_BYTES,
     not_after: datetime | None = None,
+    schemas: SchemaCache | None = None,
 ) -> Classified:
     """Decode + validate; every failure becomes a DeadLetter with a reason code.
 
@@ -81,7 +84,16 @@ def classify(
     if fast is not None:
         return _stored_or_dead(fast, source=source, key=k, payload=raw, not_after=not_after)
     try:
-        record = decode_record(raw)
+        if schema_id(raw) is not None:  # Confluent Schema Registry framing
+            if schemas is None:
+                raise DecodeError(
+                    "Confluent Schema Registry framing (magic 0 + schema id), but the "
+                    "worker has no registry: set NODEMETER_SCHEMA_REGISTRY_URL",
+                    reason="registry_not_configured",
+                )
+            record = decode_confluent(raw, schemas)  # type: ignore[arg-type]
+        else:
+            record = decode_record(raw)
     except DecodeError as exc:
         return DeadLetter(reason=exc.reason, detail=str(exc), source=source, key=k, payload=raw)
     try:
