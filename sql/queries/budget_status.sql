@@ -29,6 +29,7 @@ WITH
           AND window_start < {end:DateTime('UTC')}
         GROUP BY budget, workflow, window_id, window_start, window_end, currency
     ),
+    (SELECT (min(window_start), max(window_end)) FROM alerts) AS bounds,
     -- the money of the alert windows: whole hours from cost_hourly (051), the lines of
     -- the hours a window only partly covers from priced_lines FINAL
     spend_rows AS
@@ -37,8 +38,8 @@ WITH
                currency, sum(amount) AS amount
         FROM cost_hourly
         WHERE tenant = {tenant:String}
-          AND hour >= (SELECT min(window_start) FROM alerts)
-          AND hour < (SELECT max(window_end) FROM alerts)
+          AND hour >= bounds.1
+          AND hour < bounds.2
         GROUP BY t, workflow, line_kind, currency
         UNION ALL
         SELECT event_time, toUInt8(0), workflow, line_kind, currency, amount
@@ -46,11 +47,10 @@ WITH
         WHERE tenant = {tenant:String}
           AND toStartOfHour(event_time) IN
           (
-              SELECT toStartOfHour(window_start) FROM alerts
-              WHERE toStartOfHour(window_start) != window_start
-              UNION ALL
-              SELECT toStartOfHour(window_end) FROM alerts
-              WHERE toStartOfHour(window_end) != window_end
+              SELECT arrayJoin(arrayFilter(x -> x.1 != x.2,
+                  [(toStartOfHour(window_start), window_start),
+                   (toStartOfHour(window_end), window_end)])).1
+              FROM alerts
           )
     ),
     spend AS
