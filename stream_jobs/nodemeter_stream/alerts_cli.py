@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -92,6 +92,33 @@ def to_json(a: Mapping[str, Any]) -> str:
     return json.dumps(dict(a), default=enc, sort_keys=True)
 
 
+def records(
+    poll: Callable[[float], Any],
+    *,
+    idle_timeout: float = 0.0,
+    stopping: Callable[[], bool] = lambda: False,
+) -> Iterator[tuple[Any, str | None, dict[str, Any] | DecodeError]]:
+    """(message, record name, decoded record) from ``poll`` (a confluent-kafka
+    ``Consumer.poll``) until ``stopping()`` or ``idle_timeout`` seconds pass with no
+    record (0: never); an undecodable record comes as (message, None, the error)."""
+    import time
+
+    idle_since = time.monotonic()
+    while not stopping():
+        msg = poll(0.5)
+        if msg is None or msg.error():
+            if idle_timeout and time.monotonic() - idle_since > idle_timeout:
+                return
+            continue
+        idle_since = time.monotonic()
+        try:
+            name, value = decode_payload(msg.value())
+        except DecodeError as exc:
+            yield msg, None, exc
+            continue
+        yield msg, name, value
+
+
 def tail(
     poll: Callable[[float], Any],
     *,
@@ -101,22 +128,13 @@ def tail(
     idle_timeout: float = 0.0,
 ) -> int:
     """Consume with ``poll`` (a confluent-kafka ``Consumer.poll``) and ``emit`` new alerts."""
-    import time
-
     shown: set[str] = set()
-    idle_since = time.monotonic()
-    while not max_alerts or len(shown) < max_alerts:
-        msg = poll(0.5)
-        if msg is None or msg.error():
-            if idle_timeout and time.monotonic() - idle_since > idle_timeout:
-                break
-            continue
-        idle_since = time.monotonic()
-        try:
-            name, alert = decode_payload(msg.value())
-        except DecodeError as exc:
+    for msg, name, alert in records(
+        poll, idle_timeout=idle_timeout, stopping=lambda: 0 < max_alerts <= len(shown)
+    ):
+        if isinstance(alert, DecodeError):
             print(
-                f"skipping an undecodable record at offset {msg.offset()}: {exc}", file=sys.stderr
+                f"skipping an undecodable record at offset {msg.offset()}: {alert}", file=sys.stderr
             )
             continue
         if name != "budget_alert" or alert["alert_id"] in shown:

@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nodemeter.codec import decode_payload
 from nodemeter.errors import DecodeError
 
 log = logging.getLogger("nodemeter.alerts.webhook")
@@ -182,27 +181,23 @@ def run_loop(
 ) -> int:
     """Deliver alerts from ``consumer`` (a confluent-kafka Consumer) until stopped, idle
     for ``idle_timeout`` s, or ``max_alerts`` delivered; returns how many were."""
+    from nodemeter_stream.alerts_cli import records
+
     recent = Recent()
     delivered = 0
-    idle_since = time.monotonic()
 
     def sleep_or_stop(seconds: float) -> bool:
         time.sleep(seconds)
         return stopping()
 
+    def done() -> bool:
+        return stopping() or 0 < max_alerts <= delivered
+
     wait: Callable[[float], bool] = sleep or sleep_or_stop
-    while not stopping() and (not max_alerts or delivered < max_alerts):
-        msg = consumer.poll(0.5)
-        if msg is None or msg.error():
-            if idle_timeout and time.monotonic() - idle_since > idle_timeout:
-                break
-            continue
-        idle_since = time.monotonic()
-        try:
-            name, alert = decode_payload(msg.value())
-        except DecodeError as exc:
+    for msg, name, alert in records(consumer.poll, idle_timeout=idle_timeout, stopping=done):
+        if isinstance(alert, DecodeError):
             log.error("skipping an undecodable record at %s[%d] offset %d: %s",
-                      msg.topic(), msg.partition(), msg.offset(), exc)  # fmt: skip
+                      msg.topic(), msg.partition(), msg.offset(), alert)  # fmt: skip
             consumer.commit(message=msg, asynchronous=False)
             continue
         wanted = name == "budget_alert" and (not tenant or alert["tenant"] == tenant)

@@ -81,12 +81,16 @@ class FakeEvent:
         self.message = type("M", (), {"tp": P0, "topic": TOPIC, "partition": 0, "offset": offset})()
 
 
-def test_a_record_applied_during_the_rebalance_does_not_stall_its_partition() -> None:
+def setup() -> tuple[FakeApp, Gate, FakeStream]:
     commit_guard.guard_topics(TOPIC)
     app = FakeApp()
     gate = Gate(app, "price_usage", store=FakeStore(), topic=TOPIC, scopes=(),  # type: ignore[arg-type]
                 on_recover=lambda parts, rows: None)  # fmt: skip
-    stream = FakeStream(app.consumer)
+    return app, gate, FakeStream(app.consumer)
+
+
+def test_a_record_applied_during_the_rebalance_does_not_stall_its_partition() -> None:
+    app, gate, stream = setup()
 
     async def admit(*offsets: int) -> list[int]:
         kept = await gate.admit(stream, [FakeEvent(o) for o in offsets])
@@ -111,11 +115,7 @@ def test_a_record_applied_during_the_rebalance_does_not_stall_its_partition() ->
 
 def test_a_skipped_applied_record_moves_the_guard_past_it() -> None:
     # the guard is waiting for 3 (its start), 3 comes again but is already applied
-    commit_guard.guard_topics(TOPIC)
-    app = FakeApp()
-    gate = Gate(app, "price_usage", store=FakeStore(), topic=TOPIC, scopes=(),  # type: ignore[arg-type]
-                on_recover=lambda parts, rows: None)  # fmt: skip
-    stream = FakeStream(app.consumer)
+    app, gate, stream = setup()
 
     async def scenario() -> None:
         assert [e.message.offset for e in await gate.admit(stream, [FakeEvent(3)])] == [3]
