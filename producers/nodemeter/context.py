@@ -35,6 +35,7 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -42,8 +43,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token, copy_context
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from nodemeter.errors import InvalidUsageError
+from nodemeter.errors import InvalidUsageError, NodemeterError, OversizeEventError
 from nodemeter.events import (
+    MAX_EVENT_BYTES,
     GpuSource,
     Meters,
     RequestEnd,
@@ -63,6 +65,8 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+log = logging.getLogger("nodemeter")
+
 _span: ContextVar[Span | None] = ContextVar("nodemeter_span", default=None)
 # (owner, path) of the branch the current thread/task runs in, set when it forks.
 _branch: ContextVar[tuple[int, str] | None] = ContextVar("nodemeter_branch", default=None)
@@ -80,6 +84,39 @@ def _owner() -> int:
 
 def _hash16(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+# An upper bound of a usage event's encoded size, kept per span and checked whenever
+# usage, attributes or ids are set: an oversize record fails at that call, never when
+# its span ends. Avro writes a string as a varint length (<= 10 bytes) + its UTF-8;
+# the rest (header, event id, numbers, enums, union and map tags) stays under 256 bytes.
+_FIXED_BOUND = 256
+
+
+def _text_bound(s: str | None) -> int:
+    if not s:
+        return 10
+    return 10 + (len(s) if s.isascii() else len(s.encode()))
+
+
+def _attrs_bound(attrs: Mapping[str, str]) -> int:
+    return 10 + sum(_text_bound(k) + _text_bound(v) for k, v in attrs.items())
+
+
+def _record_bound(meters: Meters, model: str | None, provider: str | None) -> int:
+    """What one record() adds beyond its span: custom meters, gpu_type, model, provider."""
+    size = _text_bound(meters.gpu_type) + _text_bound(model) + _text_bound(provider)
+    for name in meters.custom:
+        size += _text_bound(name) + 10
+    return size
+
+
+def _check_bound(size: int, what: str) -> None:
+    if size > MAX_EVENT_BYTES:
+        raise OversizeEventError(
+            f"{what}: this span's usage events could reach {size} bytes encoded; "
+            f"the limit is {MAX_EVENT_BYTES} (fewer or shorter attributes)"
+        )
 
 
 class _RequestState:
@@ -117,9 +154,12 @@ class Span:
     """One node execution. Record usage on it; it is emitted when the span ends."""
 
     __slots__ = (
+        "_attr_bound",
+        "_base_bound",
         "_branches",
         "_lock",
         "_occurrences",
+        "_record_bound",
         "_records",
         "attributes",
         "billable",
@@ -165,6 +205,25 @@ class Span:
         self._occurrences: dict[tuple[str, str], int] = {}
         self._branches = 0
         self._lock = threading.Lock()
+        # request and node attributes together: what each usage event carries
+        merged = {**request.attributes, **attributes} if request.attributes else attributes
+        validate_attributes(merged)
+        self._attr_bound = _attrs_bound(merged)
+        self._record_bound = 0
+        self._base_bound = self._span_bound()
+        _check_bound(self._base_bound + self._attr_bound, f"node {node_id!r}")
+
+    def _span_bound(self) -> int:
+        req = self.request
+        return _FIXED_BOUND + sum(
+            _text_bound(t)
+            for t in (
+                req.tenant, req.request_id, req.workflow, req.trace_id,
+                req.meter.config.producer_name, self.node_id, self.span_id,
+                self.parent_span_id, self.branch_path, self.model, self.provider,
+                self.non_billable_reason,
+            )
+        )  # fmt: skip
 
     # --- recording ---------------------------------------------------------------------
 
@@ -219,7 +278,11 @@ class Span:
         validate_meters(meters)
         _check_id("model", model, required=False)
         _check_id("provider", provider, required=False)
+        extra = _record_bound(meters, model, provider)
         with self._lock:
+            if extra > self._record_bound:
+                _check_bound(self._base_bound + self._attr_bound + extra, "record()")
+                self._record_bound = extra
             self._records.append((meters, model, provider))
         if self.request.meter.otel_enabled:
             annotate_current_span(meters, model or self.model, provider or self.provider)
@@ -264,13 +327,27 @@ class Span:
     def set_attribute(self, key: str, value: str) -> None:
         attrs = {**self.attributes, key: value}
         validate_attributes(attrs)
-        self.attributes = attrs
+        req_attrs = self.request.attributes
+        merged = {**req_attrs, **attrs} if req_attrs else attrs
+        validate_attributes(merged)  # together within the limits, as the worker checks
+        bound = _attrs_bound(merged)
+        with self._lock:
+            _check_bound(self._base_bound + self._record_bound + bound, f"attribute {key!r}")
+            self._attr_bound = bound
+            self.attributes = attrs
 
     def mark_non_billable(self, reason: str) -> None:
         """Warm-up, cold start and similar work: emitted, but not charged."""
         _check_id("non_billable_reason", reason)
-        self.billable = False
-        self.non_billable_reason = reason
+        with self._lock:
+            old = self.non_billable_reason
+            self.non_billable_reason = reason
+            base = self._span_bound()
+            if base + self._attr_bound + self._record_bound > MAX_EVENT_BYTES:
+                self.non_billable_reason = old
+                _check_bound(base + self._attr_bound + self._record_bound, "non_billable_reason")
+            self._base_bound = base
+            self.billable = False
 
     def mark_status(self, status: Status | str) -> None:
         self.status = Status(status)
@@ -302,6 +379,7 @@ class Span:
         now = req.meter.clock()
         producer = req.meter.config.producer_name
         attrs = {**req.attributes, **self.attributes} if req.attributes else self.attributes
+        sent, errors = 0, []
         for seq, (meters, model, provider) in enumerate(self._records):
             event = UsageEvent(
                 event_id=event_id_for(req.tenant, req.request_id, self.span_id, seq),
@@ -324,10 +402,21 @@ class Span:
                 trace_id=req.trace_id,
                 producer=producer,
             )
-            # Ids, meters and attributes were validated when they were set.
-            req.meter.emit_validated(event)
+            # Ids, meters, attributes and the size bound were checked when they were set.
+            try:
+                req.meter.emit_validated(event)
+            except NodemeterError as exc:  # one bad record must not drop the others
+                errors.append(exc)
+                continue
+            sent += 1
         with req.lock:
-            req.emitted += len(self._records)
+            req.emitted += sent
+        if errors:
+            if failed:  # the caller's own exception is on its way out: do not replace it
+                log.error("nodemeter: %d usage record(s) of %r not sent: %s", len(errors),
+                          self.node_id, errors[0])  # fmt: skip
+            else:
+                raise errors[0]
 
 
 def current_span() -> Span | None:
@@ -527,6 +616,7 @@ class RequestScope(_Scope):
         _check_id("request_id", request_id, required=False)
         _check_id("workflow", workflow, required=False)
         _check_id("node_id", node_id)
+        _check_id("trace_id", trace_id, required=False)
         self.meter = meter
         self.tenant = tenant
         self.request_id = request_id

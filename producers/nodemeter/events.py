@@ -205,8 +205,12 @@ def validate_quantity(name: str, value: Any) -> None:
 
 
 def validate_meters(meters: Meters) -> None:
+    if not isinstance(meters, Meters):
+        raise _bad(f"meters must be a Meters, got {type(meters).__name__}", "invalid_meters")
     for name in METER_NAMES:
         validate_quantity(name, getattr(meters, name))
+    if not isinstance(meters.custom, Mapping):
+        raise _bad("custom meters must map names to integers", "invalid_meter")
     if len(meters.custom) > MAX_CUSTOM_METERS:
         raise OversizeEventError(
             f"{len(meters.custom)} custom meters; the limit is {MAX_CUSTOM_METERS}"
@@ -217,13 +221,27 @@ def validate_meters(meters: Meters) -> None:
                 f"custom meter name {cname!r} must match {_CUSTOM_RE.pattern}", "invalid_meter"
             )
         validate_quantity(f"custom:{cname}", qty)
+    if not _member(meters.gpu_source, GpuSource):
+        raise _bad(
+            f"gpu_source must be one of {[s.value for s in GpuSource]}, got {meters.gpu_source!r}",
+            "invalid_gpu_source",
+        )
     if meters.gpu_ms and meters.gpu_source == GpuSource.NONE:
         raise _bad("gpu_ms given without gpu_source (MEASURED or ESTIMATED)", "invalid_gpu_source")
+    if not isinstance(meters.gpu_type, str):
+        raise _bad("gpu_type must be a string", "invalid_gpu_type")
     if len(meters.gpu_type) > MAX_ID_LEN:
         raise OversizeEventError("gpu_type too long")
 
 
+def _member(value: Any, enum: type[StrEnum]) -> bool:
+    """A member of ``enum``, or the plain string of one (the encoders take both)."""
+    return isinstance(value, str) and value in enum._value2member_map_
+
+
 def validate_attributes(attributes: Mapping[str, str]) -> None:
+    if not isinstance(attributes, Mapping):
+        raise _bad("attributes must map strings to strings", "invalid_attributes")
     if len(attributes) > MAX_ATTRIBUTES:
         raise OversizeEventError(f"{len(attributes)} attributes; the limit is {MAX_ATTRIBUTES}")
     for k, v in attributes.items():
@@ -240,6 +258,19 @@ def _validate_time(value: Any) -> None:
         raise _bad("event_time must be a timezone-aware datetime", "invalid_time")
 
 
+def _validate_status(value: Any) -> None:
+    if not _member(value, Status):
+        raise _bad(
+            f"status must be one of {[s.value for s in Status]}, got {value!r}", "invalid_status"
+        )
+
+
+def _check_text(name: str, value: Any) -> None:
+    """A string field that may be empty (branch_path, workflow, producer)."""
+    if not isinstance(value, str):
+        raise _bad(f"{name} must be a string, got {type(value).__name__}", f"invalid_{name}")
+
+
 def validate_usage_event(event: UsageEvent) -> None:
     """Raise InvalidUsageError (with a reason code) unless the event is acceptable."""
     validate_tenant(event.tenant)
@@ -251,10 +282,22 @@ def validate_usage_event(event: UsageEvent) -> None:
     _check_id("provider", event.provider, required=False)
     _check_id("trace_id", event.trace_id, required=False)
     _check_id("producer", event.producer, required=False)
+    for name in ("branch_path", "workflow", "producer"):
+        _check_text(name, getattr(event, name))
     if len(event.branch_path) > MAX_ID_LEN:
         raise OversizeEventError("branch_path too long")
-    if event.sequence < 0:
+    sequence = event.sequence
+    if isinstance(sequence, bool) or not isinstance(sequence, int):
+        raise _bad(f"sequence must be an integer, got {sequence!r}", "invalid_sequence")
+    if sequence < 0:
         raise _bad("sequence must not be negative", "invalid_sequence")
+    _validate_status(event.status)
+    if not isinstance(event.billable, bool):
+        # "no" or 0 would be sent as whatever its truth value is: refuse, do not guess
+        raise _bad(f"billable must be True or False, got {event.billable!r}", "invalid_billable")
+    reason = event.non_billable_reason
+    if reason is not None and not isinstance(reason, str):
+        raise _bad("non_billable_reason must be a string", "invalid_non_billable_reason")
     _validate_time(event.event_time)
     validate_meters(event.meters)
     validate_attributes(event.attributes)
@@ -264,6 +307,8 @@ def validate_request_end(end: RequestEnd) -> None:
     validate_tenant(end.tenant)
     for name in ("event_id", "request_id", "root_span_id"):
         _check_id(name, getattr(end, name))
+    _check_text("workflow", end.workflow)
+    _validate_status(end.status)
     if (
         isinstance(end.span_count, bool)
         or not isinstance(end.span_count, int)
@@ -280,7 +325,12 @@ def validate_request_end(end: RequestEnd) -> None:
 
 
 def validate_record(record: Record) -> None:
+    """The one rule set: the SDK refuses what the worker would dead-letter (it calls this)."""
     if isinstance(record, UsageEvent):
         validate_usage_event(record)
-    else:
+    elif isinstance(record, RequestEnd):
         validate_request_end(record)
+    else:
+        raise _bad(
+            f"expected a UsageEvent or RequestEnd, got {type(record).__name__}", "invalid_record"
+        )
