@@ -280,6 +280,8 @@ class Meter:
         if not self.config.report_successes:
             self.stats.in_flight = self._in_flight
         self._factory = producer_factory or confluent_producer
+        self._registry: Any = None  # a RegistryEncoder when registry_url is set
+        self._registry_ready = threading.Event()
         self._encode = encoder or self._default_encoder()
         self._validate_encode, self._encode_with_key = self._emit_codecs(encoder, native)
         # True when emit validates and encodes with the compiled extension
@@ -301,6 +303,11 @@ class Meter:
         self._closed = False
         self._last_warn = 0.0
         self._otel = self._otel_enabled()
+        if self._registry is not None:
+            # emit never calls the registry: schemas are registered here, off the caller
+            threading.Thread(
+                target=self._register_schemas, name="nodemeter-registry", daemon=True
+            ).start()
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(
@@ -561,18 +568,38 @@ class Meter:
         from nodemeter.errors import RegistryError
         from nodemeter.registry import RegistryEncoder
 
-        registry = RegistryEncoder(self.config.registry_url)
+        registry = self._registry = RegistryEncoder(self.config.registry_url)
 
         def encode(record: Record) -> bytes:
             try:
-                return registry.encode(record)
+                return registry.encode(record, block=False)
             except RegistryError as exc:
-                # The record must not be lost to a registry outage: send it in the
-                # default single-object encoding, which decoders tell apart by its magic.
+                # Not registered yet (the registry is slow, down or hangs): the record
+                # must neither wait nor be lost. Send it in the default single-object
+                # encoding, which decoders tell apart by its magic byte.
                 self._warn(f"nodemeter: schema registry unavailable, single-object encoding: {exc}")
                 return encode_record(record)
 
         return encode
+
+    def _register_schemas(self) -> None:
+        """Background: register the schemas, retrying with backoff until done or closed."""
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self._registry.prepare()
+            except Exception as exc:
+                self._warn(f"nodemeter: schema registry not answering, retry in {delay:g} s: {exc}")
+            else:
+                self._registry_ready.set()
+                return
+            self._stop.wait(delay)
+            delay = min(delay * 2, 30.0)
+
+    def registry_ready(self, timeout: float = 0.0) -> bool:
+        """With ``registry_url``: whether the schemas are registered (records then go out
+        in the Confluent wire format), waiting up to ``timeout`` seconds. False without one."""
+        return self._registry is not None and self._registry_ready.wait(timeout)
 
     def _otel_enabled(self) -> bool:
         if self.config.otel is False:

@@ -122,9 +122,20 @@ class RegistryEncoder:
         )
         self._headers: dict[str, bytes] = {}
 
-    def _header(self, record_name: str) -> bytes:
+    def prepare(self) -> None:
+        """Register both record schemas now (``RegistryError`` if the registry fails)."""
+        for name in ("usage_event", "request_end"):
+            self._header(name)
+
+    @property
+    def ready(self) -> bool:
+        return len(self._headers) == 2
+
+    def _header(self, record_name: str, *, block: bool = True) -> bytes:
         head = self._headers.get(record_name)
         if head is None:
+            if not block:
+                raise RegistryError(f"schema {record_name} is not registered yet")
             import nodemeter_schemas
 
             schema = nodemeter_schemas.load(record_name)
@@ -133,13 +144,15 @@ class RegistryEncoder:
             self._headers[record_name] = head
         return head
 
-    def encode(self, record: Record) -> bytes:
+    def encode(self, record: Record, *, block: bool = True) -> bytes:
+        """``block=False``: never call the registry here; ``RegistryError`` while the
+        schema is not registered yet (the ``Meter`` registers in the background)."""
         if isinstance(record, UsageEvent):
             name, payload = "usage_event", usage_event_to_avro(record)
         else:
             name, payload = "request_end", request_end_to_avro(record)
         buf = io.BytesIO()
-        buf.write(self._header(name))
+        buf.write(self._header(name, block=block))
         fastavro.schemaless_writer(buf, schema_entry(name).parsed, payload)
         return buf.getvalue()
 

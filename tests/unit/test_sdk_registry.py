@@ -1,4 +1,5 @@
-"""Confluent wire format against a FakeSchemaRegistry (a tiny HTTP server speaking the API)."""
+"""Confluent wire format against FakeSchemaRegistry: the registry API on a real HTTP server
+on loopback (http.server), hanging on demand; the SDK talks to it with urllib."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def registry_url() -> Iterator[str]:
 
 def test_wire_format_round_trip(registry_url: str, tmp_path: Path) -> None:
     meter, producers = fake_meter(tmp_path, registry_url=registry_url)
+    assert meter.registry_ready(timeout=10.0)  # registered in the background
     with meter.request(tenant="acme", request_id="r"), meter.node("n") as s:
         s.record(input_tokens=3)
     meter.flush()
@@ -99,3 +101,54 @@ def test_registry_outage_falls_back_to_single_object_encoding(tmp_path: Path) ->
     meter.flush()
     decoded = [decode_record(m.value()) for m in producers[0].delivered]
     assert [type(r).__name__ for r in decoded] == ["UsageEvent", "RequestEnd"]
+
+
+class HangingSchemaRegistry(FakeSchemaRegistry):
+    """The same API on a real loopback HTTP server, answering only once ``release`` is set."""
+
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        self.release.wait(30)
+        super().do_POST()
+
+    def do_GET(self) -> None:
+        self.release.wait(30)
+        super().do_GET()
+
+
+def test_a_hanging_registry_never_blocks_emit(tmp_path: Path) -> None:
+    import time
+    from http.server import ThreadingHTTPServer
+
+    HangingSchemaRegistry.release.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HangingSchemaRegistry)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        meter, producers = fake_meter(tmp_path, registry_url=url)
+        started = time.monotonic()
+        for i in range(5):
+            with meter.request(tenant="acme", request_id=f"r{i}"), meter.node("n") as s:
+                s.record(input_tokens=1)
+        assert time.monotonic() - started < 1.0  # was 5 s per record (the HTTP timeout)
+        meter.flush()
+        # sent meanwhile in the single-object encoding, which every decoder reads
+        early = [decode_record(m.value()) for m in producers[0].delivered]
+        assert len(early) == 10
+        HangingSchemaRegistry.release.set()  # the registry answers again
+        assert meter.registry_ready(timeout=10.0)
+        with meter.request(tenant="acme", request_id="late"), meter.node("n") as s:
+            s.record(input_tokens=2)
+        meter.flush()
+        late = [m.value() for m in producers[0].delivered[10:]]
+        client = RegistryClient(url)
+        assert [type(decode_confluent(v, client)).__name__ for v in late] == [
+            "UsageEvent",
+            "RequestEnd",
+        ]
+        meter.close()
+    finally:
+        HangingSchemaRegistry.release.set()
+        server.shutdown()
