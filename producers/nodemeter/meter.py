@@ -113,7 +113,8 @@ class MeterConfig:
     # (InvalidUsageError "unknown_tenant"). None: any valid tenant id.
     tenants: frozenset[str] | None = field(default_factory=lambda: _tenants_from_env())
     # usage dated further ahead of this host's clock is refused (future_event_time); the
-    # worker applies the same rule against its own clock (worker --max-future-skew)
+    # worker applies the same rule against its own clock (worker --max-future-skew);
+    # math.inf: no bound
     max_future_skew_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -258,6 +259,14 @@ def _close_all() -> None:
         meter.close(timeout=5.0)
 
 
+def _later(now: datetime, seconds: float) -> datetime | None:
+    """``now`` + ``seconds``; None past the calendar (``inf``: no bound at all)."""
+    try:
+        return now + timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        return None
+
+
 class Meter:
     """Owns one producer and one spool. Thread-safe; create one per process."""
 
@@ -316,7 +325,7 @@ class Meter:
             self._thread.start()
         self._budget_view: BudgetView | None = None
         # a lower bound of now + max_future_skew_s (check_not_future refreshes it)
-        self._not_after = self.clock() + timedelta(seconds=self.config.max_future_skew_s)
+        self._not_after = _later(self.clock(), self.config.max_future_skew_s)
         _LIVE.add(self)
 
     # --- public API -------------------------------------------------------------------
@@ -324,7 +333,8 @@ class Meter:
     def emit(self, record: Record) -> None:
         """Validate (raising ``InvalidUsageError`` here), encode and send one record."""
         key, value = self._validate_encode(record)
-        if record.event_time > self._not_after:  # a cached bound: exact check only past it
+        not_after = self._not_after  # a cached bound: the exact check only past it
+        if not_after is not None and record.event_time > not_after:
             self.check_not_future(record)
         if self._tenants is not None:
             self.check_tenant(record.tenant)
@@ -348,10 +358,9 @@ class Meter:
         """Refuse a record dated more than ``max_future_skew_s`` after this host's clock:
         one such event would move its tenant's pricing watermark and close windows early
         (the worker dead-letters it too, as ``future_event_time``)."""
-        skew = timedelta(seconds=self.config.max_future_skew_s)
         # the cached bound is refreshed here, so the hot path compares one datetime
-        self._not_after = self.clock() + skew
-        if record.event_time > self._not_after:
+        self._not_after = _later(self.clock(), self.config.max_future_skew_s)
+        if self._not_after is not None and record.event_time > self._not_after:
             raise InvalidUsageError(
                 f"event_time {record.event_time.isoformat()} is more than "
                 f"{self.config.max_future_skew_s:g} s ahead of this host's clock "

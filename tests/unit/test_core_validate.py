@@ -41,7 +41,10 @@ def test_valid_event_is_accepted_with_its_bytes_and_source() -> None:
     [
         (b"\xc3\x01abc", "truncated"),
         (b"", "truncated"),
-        (b"\x00\x01" + b"\x00" * 20, "bad_magic"),
+        (b"\x01\x01" + b"\x00" * 20, "bad_magic"),
+        # a first byte 0 is Confluent Schema Registry framing: without a registry the
+        # dead letter says so (tests/integration/test_worker_registry.py)
+        (b"\x00\x01" + b"\x00" * 20, "registry_not_configured"),
         (SINGLE_OBJECT_MAGIC + b"\xff" * 8 + b"\x00\x00", "unknown_schema"),
     ],
 )

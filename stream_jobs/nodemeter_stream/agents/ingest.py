@@ -159,7 +159,10 @@ class Ingest:
         self.metrics.events_in.inc(len(events))
         self.metrics.batch_size.observe(len(events))
         max_bytes = self.cfg.max_event_bytes
-        not_after = datetime.fromtimestamp(now_ms / 1000 + self.cfg.max_future_skew_s, UTC)
+        try:
+            not_after = datetime.fromtimestamp(now_ms / 1000 + self.cfg.max_future_skew_s, UTC)
+        except (OverflowError, ValueError, OSError):  # a skew past the calendar's end
+            not_after = datetime.max.replace(tzinfo=UTC)
         schemas = self.schemas
         if schemas is not None:
             await self.resolve_schemas(schemas.missing(e.value for e in events))
