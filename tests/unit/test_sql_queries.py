@@ -26,6 +26,7 @@ SIGNATURES = {
     "reconcile": {},
     "request_spans": {**PERIOD, "limit": "UInt32"},
     "top_requests": {**PERIOD, "limit": "UInt32"},
+    "unmatched_models": PERIOD,
 }
 
 
