@@ -38,6 +38,8 @@ def test_unmatched_models(ch: Any) -> None:
                         model=model, meters=Meters(**meters))  # fmt: skip
         rows += [ln.row() for ln in engine.process(states[tenant], {}, ev).lines]
     ch.insert("priced_lines", rows, column_names=list(PRICED_LINE_COLUMNS))
+    # a redelivered event's lines again, in another block: counted once
+    ch.insert("priced_lines", rows[1:3], column_names=list(PRICED_LINE_COLUMNS))
 
     got = queries.run(ch, "unmatched_models", tenant="initech", start=NOV, end=DEC).rows
     assert [r[:7] for r in got] == [
