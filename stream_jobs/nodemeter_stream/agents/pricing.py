@@ -183,10 +183,14 @@ class Pricing:
         lines = res.lines
         if res.doubt_lines:
             by_window: dict[tuple[str, str], list[str]] = {}
+            times: dict[tuple[str, str], tuple[datetime, datetime]] = {}
             for ln in lines:
                 if ln.line_id in res.doubt_lines:
-                    by_window.setdefault((ln.tenant, ln.window_id), []).append(ln.line_id)
-            stored = await self.store.stored_lines(by_window)
+                    key = (ln.tenant, ln.window_id)
+                    by_window.setdefault(key, []).append(ln.line_id)
+                    lo, hi = times.get(key, (ln.event_time, ln.event_time))
+                    times[key] = (min(lo, ln.event_time), max(hi, ln.event_time))
+            stored = await self.store.stored_lines(by_window, times)
             if stored:
                 log.warning("batch in doubt: %d of its lines were stored before a crash; "
                             "not inserting them again", len(stored))  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nodemeter_stream.sink.clickhouse import Block, ClickHouseSink
@@ -19,6 +19,11 @@ from nodemeter_stream.sink.progress import STATE_COLUMNS, StateRow
 
 # Events of one tenant closer in time than this are looked up in one time range.
 _CLUSTER_GAP = timedelta(seconds=60)
+
+
+def _utc_text(at: datetime) -> str:
+    """``at`` as ClickHouse DateTime64 text in UTC (``YYYY-MM-DD hh:mm:ss.ffffff``)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def quote(value: str) -> str:
@@ -116,14 +121,33 @@ class StateStore:
         rows = await self.sink.query(sql)
         return {(str(t), str(e)): (str(st), int(sp), int(so)) for t, e, st, sp, so in rows}
 
-    async def stored_lines(self, lines: Mapping[tuple[str, str], Iterable[str]]) -> set[str]:
-        """The line ids among ``lines`` ((tenant, window_id) -> ids) already stored."""
-        conds = [
-            f"(tenant = {quote(t)} AND window_id = {quote(w)} AND line_id IN "
-            f"({', '.join(quote(i) for i in sorted(set(ids)))}))"
-            for (t, w), ids in sorted(lines.items())
-            if ids
-        ]
+    async def stored_lines(
+        self,
+        lines: Mapping[tuple[str, str], Iterable[str]],
+        times: Mapping[tuple[str, str], tuple[datetime, datetime]] | None = None,
+    ) -> set[str]:
+        """The line ids among ``lines`` ((tenant, window_id) -> ids) already stored.
+
+        ``times``: (tenant, window_id) -> the earliest and latest event time of those
+        lines. The hours between bound the read to the part of the window that can
+        hold them (``priced_lines`` is sorted by tenant, window, hour: migration 050),
+        instead of the whole billing window."""
+        conds = []
+        for (t, w), ids in sorted(lines.items()):
+            if not ids:
+                continue
+            cond = (
+                f"tenant = {quote(t)} AND window_id = {quote(w)} AND line_id IN "
+                f"({', '.join(quote(i) for i in sorted(set(ids)))})"
+            )
+            span = (times or {}).get((t, w))
+            if span is not None:
+                lo, hi = (_utc_text(x) for x in span)
+                cond += (
+                    f" AND toStartOfHour(event_time) >= toStartOfHour(toDateTime64({quote(lo)}, 6, 'UTC'))"
+                    f" AND toStartOfHour(event_time) <= toStartOfHour(toDateTime64({quote(hi)}, 6, 'UTC'))"
+                )
+            conds.append(f"({cond})")
         if not conds:
             return set()
         rows = await self.sink.query(f"SELECT line_id FROM priced_lines WHERE {' OR '.join(conds)}")
