@@ -5,10 +5,7 @@ here the registry's HTTP API served on loopback. Before, 100 % of such records b
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,48 +15,15 @@ from worker_harness import encoded, end, produce, query, usage, wait_caught_up
 
 from nodemeter.registry import RegistryEncoder
 from nodemeter_stream.ingest.decode import Source, classify
+from registry_api import serve
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 
-class LoopbackRegistry(BaseHTTPRequestHandler):
-    """The Confluent Schema Registry API subset the SDK and worker use (a fake server
-    process state, over real HTTP): register a subject version, get a schema by id."""
-
-    schemas: dict[int, str] = {}
-    ids: dict[str, int] = {}
-
-    def _answer(self, code: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        sid = self.ids.setdefault(body["schema"], 100 + len(self.ids))
-        self.schemas[sid] = body["schema"]
-        self._answer(200, {"id": sid})
-
-    def do_GET(self) -> None:
-        sid = int(self.path.rsplit("/", 1)[1])
-        if sid in self.schemas:
-            self._answer(200, {"schema": self.schemas[sid]})
-        else:
-            self._answer(404, {"error_code": 40403, "message": "Schema not found"})
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def registry_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), LoopbackRegistry)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve() as url:
+        yield url
 
 
 def test_registry_framed_records_are_decoded_and_stored(

@@ -3,10 +3,8 @@ on loopback (http.server), hanging on demand; the SDK talks to it with urllib.""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,46 +14,13 @@ from nodemeter.codec import decode_record
 from nodemeter.errors import DecodeError, RegistryError, UnknownSchemaError
 from nodemeter.events import RequestEnd, UsageEvent
 from nodemeter.registry import RegistryClient, RegistryEncoder, decode_confluent
-
-
-class FakeSchemaRegistry(BaseHTTPRequestHandler):
-    schemas: dict[int, str] = {}
-    subjects: dict[str, int] = {}
-
-    def _answer(self, code: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        subject = self.path.split("/")[2]
-        key = subject + body["schema"]
-        if key not in self.subjects:
-            self.subjects[key] = len(self.schemas) + 1
-            self.schemas[self.subjects[key]] = body["schema"]
-        self._answer(200, {"id": self.subjects[key]})
-
-    def do_GET(self) -> None:
-        sid = int(self.path.rsplit("/", 1)[1])
-        if sid not in self.schemas:
-            self._answer(404, {"error_code": 40403, "message": "Schema not found"})
-        else:
-            self._answer(200, {"schema": self.schemas[sid]})
-
-    def log_message(self, *args: object) -> None:
-        pass
+from registry_api import FakeSchemaRegistry, serve
 
 
 @pytest.fixture
 def registry_url() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), FakeSchemaRegistry)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve() as url:
+        yield url
 
 
 def test_wire_format_round_trip(registry_url: str, tmp_path: Path) -> None:
