@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -213,12 +212,3 @@ class BudgetView:
             return
         with self._lock:
             self._by_tenant.setdefault(record["tenant"], {})[k] = record
-
-
-def wait_loaded(view: BudgetView, timeout: float) -> bool:
-    """Block until the view read the topic once (for scripts and tests)."""
-    deadline = time.monotonic() + timeout
-    while not view.loaded.wait(0.1):
-        if time.monotonic() > deadline:
-            return False
-    return True

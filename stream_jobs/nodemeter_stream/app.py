@@ -21,7 +21,11 @@ from typing import Any
 
 from nodemeter.errors import ConfigError
 from nodemeter_stream.commit_guard import SCHEME, guard_topics, register_transport
-from nodemeter_stream.ingest.plan import MAX_REQUEST_EVENTS, BatchPolicy
+from nodemeter_stream.ingest.plan import (
+    DEFAULT_MAX_REQUEST_EVENTS,
+    MAX_REQUEST_EVENTS,
+    BatchPolicy,
+)
 from nodemeter_stream.sink.store import ClickHouseConfig
 from nodemeter_stream.topics import Topics
 
@@ -61,7 +65,7 @@ class WorkerConfig:
     # usage events merged into one request; later ones are dead-lettered
     # (request_too_large). Bounds a request's state, and keeps every request sum within
     # the UInt64 columns (this x the largest per-event limit < 2^64).
-    max_request_events: int = 10_000
+    max_request_events: int = DEFAULT_MAX_REQUEST_EVENTS
     # usage dated more than this ahead of the worker's clock is a dead letter
     # (future_event_time): one event from a broken clock must not close windows early
     max_future_skew_s: float = 300.0

@@ -259,7 +259,7 @@ class Ingest:
                     schemas.put(sid, None)
                     break
                 except RegistryError as exc:
-                    if self.draining or self.sink._stopping:
+                    if self.draining or self.sink.stopping:
                         raise SinkStopped(
                             f"stopped while the registry was unreachable: {exc}"
                         ) from exc

@@ -16,13 +16,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from nodemeter.errors import UnknownSchemaError
-
-CONFLUENT_MAGIC = 0
+from nodemeter.registry import CONFLUENT_MAGIC
 
 
 def schema_id(payload: bytes | None) -> int | None:
     """The schema id of a Confluent-framed payload, else None."""
-    if payload is None or len(payload) < 5 or payload[0] != CONFLUENT_MAGIC:
+    if payload is None or len(payload) < 5 or payload[:1] != CONFLUENT_MAGIC:
         return None
     return int.from_bytes(payload[1:5], "big")
 

@@ -256,6 +256,11 @@ class ClickHouseSink:
         result: list[Any] = await self._retrying("query", run)
         return result
 
+    @property
+    def stopping(self) -> bool:
+        """``stop()`` was called: writes give up instead of retrying."""
+        return self._stopping
+
     def stop(self) -> None:
         """Give up retrying (shutdown): pending writes raise SinkStopped, nothing is acked."""
         self._stopping = True
