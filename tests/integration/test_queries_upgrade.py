@@ -106,6 +106,10 @@ def test_upgrade_keeps_the_data_and_the_answers(before_050: Any) -> None:
     for name, check in COVERAGE.items():  # the known-answer tests, on the upgraded store
         check(ch)
         assert name in queries.names()
+    # some known-answer tests insert a redelivered line on purpose (unmatched_models counts
+    # it once), which the rollups count twice: rebuild, then the views must keep them equal
+    rebuild(ch)
+    assert [r for r in queries.run(ch, "reconcile").dicts() if not r["ok"]] == []
 
     # the views still feed the rollups from the new priced_lines
     insert_lines(ch, [line(request_id="r9", node_id="n", meter="api_calls", quantity=2,
@@ -114,7 +118,7 @@ def test_upgrade_keeps_the_data_and_the_answers(before_050: Any) -> None:
         "SELECT toString(sum(amount)) FROM request_costs_by_start WHERE request_id = 'r9'"
     ).result_rows == [("1",)]
     assert [r[0] for r in queries.run(ch, "top_requests", **NOV, limit=1).rows] == ["r9"]
-    assert all(r["ok"] for r in queries.run(ch, "reconcile").dicts())
+    assert [r for r in queries.run(ch, "reconcile").dicts() if not r["ok"]] == []
 
 
 def _old_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
