@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "smoke": ("nodemeter_stream.smoke", "produce, consume and store a few events end to end"),
     "sql": ("nodemeter_stream.analytics.sql_cli", "run SQL or a library query, print a table"),
+    "statement": ("nodemeter_stream.analytics.statement_cli", "a tenant's statement for a window"),
     "worker": (
         "nodemeter_stream.worker_cli",
         "run the stream worker (validate, dedupe, merge, sink)",

@@ -7,8 +7,8 @@ One batch at a time (``noack_take``, concurrency 1), behind the :class:`Gate`
    for (old event times, and every event of a batch in doubt); plan the batch (pure);
 2. run its effects in order (``effects.apply_batch``): intent -> usage_events,
    dead_letters, request_records, request_nodes -> forwards to ``usage-by-tenant`` (one
-   record per tenant) and dead letters to the DLQ -> request states + progress, in one
-   insert;
+   record per tenant) and dead letters to the DLQ -> request states + progress + the
+   batch's tally (what became of each record, ``ingest/tally.py``), in one insert;
 3. ack the batch, so Faust may commit its offsets.
 
 The requests touched within ``request_retention_s`` live in memory (open ones and those
@@ -50,8 +50,9 @@ from nodemeter_stream.ingest.rows import (
     request_record_row,
     usage_event_row,
 )
+from nodemeter_stream.ingest.tally import tally_batch
 from nodemeter_stream.sink.clickhouse import Block, SinkStopped, ack_all
-from nodemeter_stream.sink.progress import state_row
+from nodemeter_stream.sink.progress import state_row, tally_rows
 from nodemeter_stream.sink.state import StateStore
 from nodemeter_stream.sink.tokens import content_token, offsets_token
 
@@ -220,6 +221,8 @@ class Ingest:
             ]  # fmt: skip
             t_plan = time.perf_counter()
             spans = spans_of(events)
+            # what became of each record, recorded with the progress (ingest/tally.py)
+            rows += tally_rows(group, tally_batch(plan, spans))
             await apply_batch(
                 sink=self.sink,
                 store=self.store,

@@ -21,9 +21,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nodemeter_stream.ingest.tally import Tally
 
 PROGRESS = "progress"
 INTENT = "intent"
+# per batch and source partition: what became of its records (ingest.tally), written
+# in the same insert as the progress row (docs/worker.md, "Counting")
+TALLY = "tally"
 
 # worker_state column order (sql/migrations/040_worker_state.sql)
 STATE_COLUMNS: tuple[str, ...] = (
@@ -136,6 +143,17 @@ def progress_rows(
 ) -> list[Sequence[object]]:
     """Rows recording that these ranges are applied (last offset per partition)."""
     return _range_rows(group, PROGRESS, spans)
+
+
+def tally_rows(group: str, tallies: Mapping[tuple[str, int], Tally]) -> list[Sequence[object]]:
+    """Rows holding each partition's tally of a batch (``first_offset .. offset``, the
+    counts as JSON in ``value``). The key is the first offset, zero-padded: a re-sent
+    insert collapses into the same row, and rows sort in offset order."""
+    v = next_version()
+    return [
+        (group, TALLY, t, p, f"{tl.first:020d}", v, tl.last, tl.first, 0, tl.to_json())
+        for (t, p), tl in sorted(tallies.items())
+    ]
 
 
 def state_row(
