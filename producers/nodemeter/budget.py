@@ -40,6 +40,7 @@ from typing import Any
 
 from nodemeter.codec import decode_payload
 from nodemeter.errors import BudgetExceededError, DecodeError
+from nodemeter.kafkalog import with_logger
 
 log = logging.getLogger("nodemeter.budget")
 
@@ -157,7 +158,7 @@ class BudgetView:
             return self._factory(conf)
         from confluent_kafka import Consumer
 
-        return Consumer(conf)
+        return Consumer(with_logger(conf))
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emit": ("nodemeter.emit_cli", "send usage records given as JSON lines on stdin"),
     "migrate": ("nodemeter_stream.migrate_cli", "apply the SQL migrations to ClickHouse"),
     "rebuild": ("nodemeter_stream.analytics.rebuild_cli", "rebuild rollups from base tables"),
+    "reconcile": ("nodemeter_stream.analytics.reconcile_cli", "check emitted = stored = billed"),
     "report": ("nodemeter_stream.analytics.report_cli", "per-node cost report (--html)"),
     "demo": (
         "nodemeter_stream.demo",
@@ -36,7 +37,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Modules of the optional extras: a command that needs one says which extra to install.
+EXTRAS: dict[str, str] = {
+    "aiokafka": "worker",
+    "chdb": "worker",
+    "clickhouse_connect": "worker",
+    "faust": "worker",
+    "prometheus_client": "worker",
+    "yaml": "worker",
+    "pynvml": "gpu",
+    "opentelemetry": "otel",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that command's module is imported (the others
+    are listed with their help line, their arguments unknown)."""
     parser = argparse.ArgumentParser(
         prog="nodemeter", description="Usage metering for AI workflows."
     )
@@ -44,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        if only is not None and name != only:
+            continue
         try:
             importlib.import_module(module).add_arguments(p)
         except ImportError as exc:
@@ -51,22 +69,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (its first argument that is not an option)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def missing_extra_hint(exc: ImportError) -> str | None:
+    """``pip install 'nodemeter[EXTRA]'`` when ``exc`` is a missing optional module."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    return f"pip install 'nodemeter[{extra}]'" if extra else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=_command_in(argv))
     args = parser.parse_args(argv)
     err = getattr(args, "_import_error", None)
-    if err is not None:
-        print(
-            f"nodemeter {args.command}: needs the worker extras ({err}); "
-            "install with: pip install 'nodemeter[worker]'",
-            file=sys.stderr,
-        )
-        return 2
     try:
+        if err is not None:
+            raise err
         rc: int = importlib.import_module(args._module).run(args)
     except NodemeterError as exc:
         print(f"nodemeter {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except ImportError as exc:
+        hint = missing_extra_hint(exc)
+        if hint is None:
+            raise
+        print(
+            f"nodemeter {args.command}: needs a module that is not installed ({exc}); "
+            f"install with: {hint}",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         return 130
     return rc

@@ -49,6 +49,7 @@ from nodemeter.errors import (
 )
 from nodemeter.events import MAX_EVENT_BYTES, Record, utcnow, validate_record
 from nodemeter.fastcodec import Encoded
+from nodemeter.kafkalog import with_logger
 from nodemeter.redact import redact_mapping, redact_url
 from nodemeter.spool import FSYNC_POLICIES, FsyncPolicy, Spool, default_spool_dir, read_segment
 
@@ -197,7 +198,7 @@ ProducerFactory = Callable[[dict[str, Any]], ProducerLike]
 def confluent_producer(conf: dict[str, Any]) -> ProducerLike:
     from confluent_kafka import Producer
 
-    return cast(ProducerLike, Producer(conf))
+    return cast(ProducerLike, Producer(with_logger(conf)))
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any
 
 from nodemeter.codec import decode_payload
 from nodemeter.errors import DecodeError
+from nodemeter.kafkalog import with_logger
 from nodemeter_stream.pricing.money import present, to_str
 
 
@@ -185,12 +186,14 @@ def run_webhook(args: argparse.Namespace) -> int:
         print(f"alerts webhook: {exc}", file=sys.stderr)
         return 2
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": args.group,
-            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
-            "enable.auto.commit": False,
-        }
+        with_logger(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": args.group,
+                "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+                "enable.auto.commit": False,
+            }
+        )
     )
     consumer.subscribe([topic])
     stop = threading.Event()
@@ -232,12 +235,14 @@ def run_tail(args: argparse.Namespace) -> int:
     )
     topic = Topics(prefix=prefix).budget_alerts
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"nodemeter-alerts-tail-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
-            "enable.auto.commit": False,
-        }
+        with_logger(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"nodemeter-alerts-tail-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+                "enable.auto.commit": False,
+            }
+        )
     )
     consumer.subscribe([topic])
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from nodemeter.errors import NodemeterError
+from nodemeter.kafkalog import with_logger
 
 
 class NotCaughtUpError(NodemeterError, TimeoutError):
@@ -21,7 +22,9 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """High watermark per partition of ``topic``."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:6]}"})
+    c = Consumer(
+        with_logger({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:6]}"})
+    )
     try:
         md = c.list_topics(topic, timeout=10)
         out = {}
@@ -40,7 +43,7 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    c = Consumer(with_logger({"bootstrap.servers": bootstrap, "group.id": group}))
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         for attempt in range(50):

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from nodemeter.codec import decode_record, encode_record, record_key
 from nodemeter.events import GpuSource, Meters, UsageEvent, event_id_for
+from nodemeter.kafkalog import with_logger
 from nodemeter_stream.ingest.rows import USAGE_EVENT_COLUMNS, usage_event_row
 from nodemeter_stream.sink.migrate import migrate
 from nodemeter_stream.sink.store import ClickHouseConfig, connect
@@ -80,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     topic = Topics(prefix=f"smoke-{uuid.uuid4().hex[:6]}.").usage
     ensure_topics(bootstrap, Topics(prefix=topic.removesuffix("nodemeter.usage.v1")))
     events = sample_events(args.events)
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    producer = Producer(
+        with_logger({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    )
     for ev in events:
         producer.produce(topic, value=encode_record(ev), key=record_key(ev))
     if producer.flush(30) != 0:
@@ -89,12 +92,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"produced {len(events)} events to {topic} at {bootstrap}")
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"smoke-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        with_logger(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"smoke-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
     )
     consumer.subscribe([topic])
     rows: list[list[object]] = []

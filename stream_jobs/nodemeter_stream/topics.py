@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from nodemeter.errors import NodemeterError
+from nodemeter.kafkalog import with_logger
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +51,7 @@ def ensure_topics(bootstrap: str, topics: Topics, *, timeout: float = 30.0) -> N
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(with_logger({"bootstrap.servers": bootstrap}))
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
         NewTopic(name, num_partitions=topics.partitions, replication_factor=1, config=cfg)

@@ -34,6 +34,8 @@ def open_store(args: argparse.Namespace, *, migrated: bool = True) -> Any:
     cfg = config_from_args(args)
     try:
         client = connect(cfg, create_database=False)
+    except ImportError:
+        raise  # a missing extra: the command line says which one to install
     except Exception as exc:
         hint = (
             " (one process owns a chDB path: is the worker running on it?)" if cfg.embedded else ""
