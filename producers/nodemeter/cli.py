@@ -22,7 +22,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("nodemeter_stream.migrate_cli", "apply the SQL migrations to ClickHouse"),
     "rebuild": ("nodemeter_stream.analytics.rebuild_cli", "rebuild rollups from base tables"),
     "reconcile": ("nodemeter_stream.analytics.reconcile_cli", "check emitted = stored = billed"),
-    "reconcile": ("nodemeter_stream.analytics.reconcile_cli", "check emitted = stored = billed"),
     "report": ("nodemeter_stream.analytics.report_cli", "per-node cost report (--html)"),
     "demo": (
         "nodemeter_stream.demo",
