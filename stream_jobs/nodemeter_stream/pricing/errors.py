@@ -5,6 +5,9 @@ NodemeterError
     └── PriceBookError     a price-book / tenant / budget file is invalid (file and field named)
 NodemeterError
 └── PricingError           an event cannot be priced (no window state left for a very late event)
+NodemeterError
+└── StatementError         a statement cannot be made or issued (unknown tenant or window,
+                           window not settled, issued lines missing)
 """
 
 from __future__ import annotations
@@ -28,3 +31,7 @@ class PricingError(NodemeterError):
     def __init__(self, message: str, *, reason: str = "unpriceable") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class StatementError(NodemeterError):
+    """A statement cannot be assembled or issued; the message says why."""
