@@ -21,6 +21,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -166,9 +167,23 @@ def committed_total(bootstrap: str, group: str, topic: str) -> int:
 # --- the check ----------------------------------------------------------------------
 
 
+def reconcile_problems(w: WorkerProcess) -> list[str]:
+    """``nodemeter reconcile``'s BAD lines for ``w``'s store and group (the worker's
+    tallies must equal the topic's offsets after any crash); empty when all are OK."""
+    res = subprocess.run(
+        [sys.executable, "-m", "nodemeter.cli", "reconcile", "--bootstrap", w.bootstrap,
+         "--url", w.url, "--database", w.database, "--topic-prefix", w.topic_prefix,
+         "--app-id", w.app_id],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    if res.returncode == 0:
+        return []
+    return [f"nodemeter reconcile exited {res.returncode}:\n{res.stdout}{res.stderr}"]
+
+
 def problems_in_store(w: WorkerProcess, exp: Expected) -> list[str]:
     """Every way in which ClickHouse differs from ``exp``; empty when exact."""
-    out: list[str] = []
+    out: list[str] = reconcile_problems(w)
     want_events = {e.event_id: e for e in exp.events}
     rows = query(w.url, w.database, "SELECT event_id, count() FROM usage_events GROUP BY event_id")
     copies = {eid: int(n) for eid, n in rows}
