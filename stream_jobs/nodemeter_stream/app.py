@@ -48,6 +48,10 @@ class WorkerConfig:
     bootstrap: str
     topic_prefix: str = ""
     partitions: int = 4
+    # topic replication factor and min.insync.replicas; None: NODEMETER_TOPIC_REPLICATION
+    # / NODEMETER_TOPIC_MIN_INSYNC_REPLICAS, else min(3, brokers) and factor - 1 (topics.py)
+    replication: int | None = None
+    min_insync: int | None = None
     clickhouse: ClickHouseConfig = field(default_factory=ClickHouseConfig)
     app_id: str = "nodemeter-worker"
     batch_size: int = 2000
@@ -108,7 +112,12 @@ class WorkerConfig:
 
     @property
     def topics(self) -> Topics:
-        return Topics(prefix=self.topic_prefix, partitions=self.partitions)
+        extra = {
+            k: v
+            for k, v in (("replication", self.replication), ("min_insync", self.min_insync))
+            if v is not None
+        }
+        return Topics(prefix=self.topic_prefix, partitions=self.partitions, **extra)
 
     @property
     def batch_policy(self) -> BatchPolicy:
@@ -200,7 +209,8 @@ def faust_app(config: WorkerConfig) -> Any:
         store="memory://",
         datadir=f"{config.data_dir}/{config.app_id}-data",
         topic_partitions=config.partitions,
-        topic_replication_factor=1,
+        # Faust's own internal topics: as the pipeline's (run() resolves the factor)
+        topic_replication_factor=config.replication or 1,
         topic_allow_declare=True,  # internal changelog topics; source topics via ensure_topics
         web_enabled=False,
         broker_session_timeout=config.session_timeout_s,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import sys
 from typing import Any
 
+from nodemeter.errors import ConfigError
 from nodemeter_stream.app import WorkerConfig, build_app
 from nodemeter_stream.metrics import DEFAULT_HOST as DEFAULT_METRICS_HOST
 from nodemeter_stream.sink.store import ClickHouseConfig
@@ -24,6 +26,11 @@ from nodemeter_stream.topics import ensure_topics
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--bootstrap", help="Kafka bootstrap servers (default NODEMETER_KAFKA_BOOTSTRAP)")
+    a(
+        "--dev-broker",
+        action="store_true",
+        help="with no bootstrap configured, start (or reuse) the local development broker",
+    )
     a("--url", help="ClickHouse URL: chdb://PATH (default) or http(s)://...")
     a("--database", help="ClickHouse database (default NODEMETER_CLICKHOUSE_DATABASE)")
     a("--topic-prefix", help="prefix for every topic name (default NODEMETER_TOPIC_PREFIX)")
@@ -92,8 +99,13 @@ def setup_logging(level: str) -> logging.Handler:
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
-    bootstrap = args.bootstrap
+    bootstrap = args.bootstrap or os.environ.get("NODEMETER_KAFKA_BOOTSTRAP")
     if not bootstrap:
+        if not getattr(args, "dev_broker", False):
+            raise ConfigError(
+                "no Kafka bootstrap servers: give --bootstrap or set NODEMETER_KAFKA_BOOTSTRAP"
+                " (--dev-broker starts the local development broker instead)"
+            )
         from nodemeter_stream.smoke import bootstrap_servers
 
         bootstrap = bootstrap_servers()
@@ -152,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     cfg = config_from_args(args)
-    ensure_topics(cfg.bootstrap, cfg.topics)
+    replication = ensure_topics(cfg.bootstrap, cfg.topics)
+    cfg = dataclasses.replace(cfg, replication=replication.factor)
     worker = build_app(cfg)
     inject_faults(worker)
     worker.metrics.serve(cfg.metrics_port, args.metrics_host)
