@@ -526,6 +526,15 @@ def _run(args: argparse.Namespace) -> int:
         page = work / f"report-{tenant}.html"
         page.write_text(html.render(report), encoding="utf-8")
         print(f"HTML report: {page}")
+    from nodemeter_stream.analytics import statement_render, statements
+    from nodemeter_stream.pricing import load_config
+
+    books = load_config(work / "pricebooks")  # the worker's books (written by _worker)
+    for tenant in TENANTS:  # each tenant's statement for its latest window: a draft
+        window = statements.latest_window(client, tenant) or ""
+        st = statements.statement(client, books, tenant, window, grace=timedelta(hours=1))
+        print()
+        print(statement_render.render_text(st, items=False), end="")
     alerts = rows(
         "SELECT tenant, budget, threshold_pct, count(), groupArray(window_id) "
         "FROM (SELECT * FROM budget_alerts FINAL ORDER BY window_id) "

@@ -95,6 +95,16 @@ def issued(client: Any, tenant: str) -> dict[str, Issued]:
     return out
 
 
+def latest_window(client: Any, tenant: str) -> str | None:
+    """The window of the tenant's latest usage line (by event time), or None."""
+    sql = (
+        "SELECT window_id FROM priced_lines WHERE tenant = {tenant:String} "
+        "AND line_kind = 'usage' ORDER BY event_time DESC LIMIT 1"
+    )
+    rows = run_sql(client, sql, {"tenant": tenant}).rows
+    return str(rows[0][0]) if rows else None
+
+
 def _known(client: Any, config: PricingConfig, tenant: str) -> None:
     if tenant in config.tenants:
         return
