@@ -7,9 +7,9 @@
    LLM inference, a parallel branch with two LLM calls and a batched GPU model
    node, plus resent duplicates and a few malformed records,
 4. waits until the worker has committed everything, stops it, and
-5. prints the per-node report for each tenant, writes the HTML pages, and checks
+5. prints the per-node report for each tenant, writes the HTML pages, checks
    that totals reconcile: emitted = stored, malformed = dead letters, priced
-   lines = rollups.
+   lines = rollups, and runs ``nodemeter reconcile`` on the result.
 
 Every run uses fresh topics (a run-id prefix) and recreates the ``demo``
 database, so its figures stand on their own.
@@ -575,5 +575,12 @@ def _run(args: argparse.Namespace) -> int:
         f"{'OK ' if ok_alerts else 'BAD'} alerts once: {alerts_sent} on {topics.budget_alerts}, "
         f"{alerts_stored} in budget_alerts"
     )
+    client.close()
+    print()
+    say("nodemeter reconcile (emitted = stored = billed, lines = rollups):")
+    from nodemeter import cli
+
+    rc = cli.main(["reconcile", "--url", url, "--database", DATABASE, "--bootstrap", bootstrap,
+                   "--topic-prefix", prefix, "--app-id", app_id])  # fmt: skip
     say(f"done in {time.monotonic() - t0:.0f}s")
-    return 0 if ok_events and ok_dead and ok_money and ok_alerts else 1
+    return 0 if ok_events and ok_dead and ok_money and ok_alerts and rc == 0 else 1

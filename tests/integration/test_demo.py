@@ -29,6 +29,9 @@ def test_demo_runs_end_to_end_and_reconciles(kafka_bootstrap: str, tmp_path: Pat
     assert "OK  bad input = dead letters: 5 malformed + 7 of an unknown tenant sent, 12 dead" in out
     assert "OK  priced lines = rollups: reconciled" in out
     assert re.search(r"OK  alerts once: (\d+) on .*, \1 in budget_alerts", out)
+    # nodemeter reconcile at the end: every check OK (exit status 0 is the demo's too)
+    assert re.search(r"reconcile: \d+ OK, 0 BAD \(all checks agree\)", out), out[-3000:]
+    assert "OK  stored = billed   umbrella all history" in out and "7 refused by pricing" in out
     for tenant in ("acme", "globex", "initech"):
         assert f"Cost per node for tenant {tenant}" in out
         page = (tmp_path / f"report-{tenant}.html").read_text()

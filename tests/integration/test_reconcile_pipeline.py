@@ -60,6 +60,7 @@ def test_emitted_equals_stored_then_bad_after_a_delete(
     ), ok.stdout
     assert ok.stdout.count("OK  emitted = stored") == 4, ok.stdout
     assert "reconcile: 4 OK, 0 BAD" in ok.stdout
+    assert f"note: emitted = stored checked {topics.usage} offsets p0:0.." in ok.stdout
 
     subprocess.run(
         [sys.executable, "-c", _DELETE, w.url, w.database,

@@ -18,6 +18,7 @@ from nodemeter_stream.analytics.reconcile import (
     add_statement_checks,
     billed_checks,
     checked_range,
+    checked_ranges_line,
     emitted_checks,
     exit_status,
     rollup_results,
@@ -116,6 +117,9 @@ def test_emitted_equals_stored_when_every_count_agrees() -> None:
     assert [c.ok for c in out] == [True] * 4 and exit_status(out) == 0
     assert all(c.check == EMITTED for c in out)
     assert out[0].expected == out[0].actual == 14
+    assert checked_ranges_line(_ranges(), TOPIC) == (
+        f"emitted = stored checked {TOPIC} offsets p0:0..9 p1:0..3"
+    )
     assert "11 stored + 1 dead letters + 1 duplicates + 1 request ends" in out[0].what
 
 

@@ -172,6 +172,12 @@ def checked_range(view: PartitionView) -> tuple[CheckedRange | None, list[str]]:
     return CheckedRange(p, first, view.applied, inside, beyond_end=view.applied >= view.end), notes
 
 
+def checked_ranges_line(ranges: Sequence[CheckedRange], topic: str) -> str:
+    """The offsets emitted = stored covered, for people (``p0:0..978 p1:...``)."""
+    spans = " ".join(f"p{r.partition}:{r.first}..{r.last}" for r in ranges)
+    return f"emitted = stored checked {topic} offsets {spans or '(none applied)'}"
+
+
 def _sum(tallies: Sequence[Any], name: str) -> int:
     return sum(int(getattr(t, name)) for t in tallies)
 
@@ -194,9 +200,7 @@ def emitted_checks(
     letters in dead_letters FINAL at offsets inside the range; ``dead_topic``: partition
     -> distinct source offsets inside the range among the DLQ topic's ingest records
     (None: not read)."""
-    scope = f"{topic} " + (
-        " ".join(f"p{r.partition}:{r.first}..{r.last}" for r in ranges) or "(nothing applied)"
-    )
+    scope = topic  # the ranges: checked_ranges_line
     out: list[Result] = []
     beyond = [r for r in ranges if r.beyond_end]
     if beyond:

@@ -133,6 +133,7 @@ def emitted(
         notes.extend(left_out)
         if r is not None:
             ranges.append(r)
+    notes.insert(0, reconcile.checked_ranges_line(ranges, topics.usage))
     stored, dead_stored = facts.stored_counts(client, topics.usage, ranges)
     positions = facts.dlq_positions(
         bootstrap,
