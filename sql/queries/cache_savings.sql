@@ -4,19 +4,25 @@
 --   price = cached_cost + priced_lines.cache_savings (set by the pricing worker from the
 --   same price book version, migration 030).
 -- cache_write_cost: what writing the cache cost (meter cache_write_tokens).
--- net_savings = uncached_cost - cached_cost - cache_write_cost (negative: the cache
---   cost more than it saved).
--- Reads only the period: the hours wholly inside it from cost_hourly (051), the partial
--- hours at its edges from priced_lines FINAL (none for a period on whole hours), so any
--- period gives the same answer as summing its lines.
+-- cache_write_premium: what the writes cost beyond the same tokens sent as plain input =
+--   cache_write_cost - priced_lines.input_list_cost (set by the pricing worker from the
+--   same price book version, migration 075; lines priced before it read 0 there, so
+--   their whole write cost counts).
+-- net_savings = uncached_cost - cached_cost - cache_write_premium (negative: the cache
+--   cost more than it saved). Worked example: docs/analytics.md, "Cache savings".
+-- Reads only the period: the hours wholly inside it from cost_hourly (051, 075), the
+-- partial hours at its edges from priced_lines FINAL (none for a period on whole hours),
+-- so any period gives the same answer as summing its lines.
 SELECT
     model,
     currency,
     sum(tokens) AS cached_tokens,
     sum(cached) AS cached_cost,
     cached_cost + sum(savings) AS uncached_cost,
+    sum(write_tokens) AS cache_write_tokens,
     sum(writes) AS cache_write_cost,
-    uncached_cost - cached_cost - cache_write_cost AS net_savings
+    cache_write_cost - sum(writes_as_input) AS cache_write_premium,
+    uncached_cost - cached_cost - cache_write_premium AS net_savings
 FROM
 (
     SELECT
@@ -25,7 +31,9 @@ FROM
         sumIf(quantity, meter = 'cached_input_tokens') AS tokens,
         sumIf(amount, meter = 'cached_input_tokens') AS cached,
         sumIf(cache_savings, meter = 'cached_input_tokens') AS savings,
-        sumIf(amount, meter = 'cache_write_tokens') AS writes
+        sumIf(quantity, meter = 'cache_write_tokens') AS write_tokens,
+        sumIf(amount, meter = 'cache_write_tokens') AS writes,
+        sumIf(input_list_cost, meter = 'cache_write_tokens') AS writes_as_input
     FROM cost_hourly
     WHERE tenant = {tenant:String}
       AND hour >= {start:DateTime('UTC')}
@@ -40,7 +48,9 @@ FROM
         sumIf(quantity, meter = 'cached_input_tokens'),
         sumIf(amount, meter = 'cached_input_tokens'),
         sumIf(cache_savings, meter = 'cached_input_tokens'),
-        sumIf(amount, meter = 'cache_write_tokens')
+        sumIf(quantity, meter = 'cache_write_tokens'),
+        sumIf(amount, meter = 'cache_write_tokens'),
+        sumIf(input_list_cost, meter = 'cache_write_tokens')
     FROM priced_lines FINAL
     WHERE tenant = {tenant:String}
       AND event_time >= {start:DateTime('UTC')}
@@ -52,5 +62,5 @@ FROM
     GROUP BY model, currency
 )
 GROUP BY model, currency
-HAVING cached_tokens > 0 OR cache_write_cost != 0
+HAVING cached_tokens > 0 OR cache_write_tokens > 0
 ORDER BY net_savings DESC, model, currency

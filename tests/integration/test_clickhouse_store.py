@@ -73,7 +73,7 @@ def test_decimal_money_is_exact(ch: Any) -> None:
         "price_book_version": 1, "charge_model": "flat", "tier": 0, "window_id": "2026-11",
         "window_start": datetime(2026, 11, 1, tzinfo=UTC),
         "event_time": datetime(2026, 11, 2, tzinfo=UTC), "cache_savings": Decimal(0),
-        "rate_match": "exact",
+        "rate_match": "exact", "input_list_cost": Decimal(0),
     }  # fmt: skip
     rows = [
         [{**base, "line_id": f"l{i}", "unit_price": a, "amount": a}[c] for c in PRICED_LINE_COLUMNS]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from analytics_data import DEC_START, NOV_START, load_known, t
+from test_queries_cache import test_cache_savings_by_node  # its known-answer test
 from test_queries_unmatched import test_unmatched_models  # its known-answer test
 
 from nodemeter_stream.analytics import queries
@@ -97,9 +98,13 @@ def test_gpu_counts_a_duplicate_event_once(known: Any) -> None:
 
 def test_cache_savings(known: Any) -> None:
     assert run(known, "cache_savings", **NOV) == [
-        # 500 cached tokens: charged 0.00015, at the input price 0.0015; cache writes 0.000375
-        ("gpt-4o", "USD", D(500), D("0.00015"), D("0.0015"), D("0.000375"), D("0.000975"))
-    ]
+        # 500 cached tokens: charged 0.00015, at the input price 0.0015; 100 cache-write
+        # tokens 0.000375. The write line carries no input_list_cost (as a line priced
+        # before migration 075): its whole cost counts as premium. Engine-priced lines with
+        # a real premium: test_queries_cache.py
+        ("gpt-4o", "USD", D(500), D("0.00015"), D("0.0015"), D(100), D("0.000375"),
+         D("0.000375"), D("0.000975"))
+    ]  # fmt: skip
     assert run(known, "cache_savings", tenant="globex", start=NOV_START, end=DEC_START) == []
 
 
@@ -213,7 +218,9 @@ COVERAGE = {
     "cost_over_time": test_cost_over_time_daily_and_hourly,
     "request_spans": test_request_spans_and_the_graph_built_from_them,
     "reconcile": test_reconcile_all_ok,
+    # these two add tenants of their own: after reconcile, which counts the tenants
     "unmatched_models": test_unmatched_models,
+    "cache_savings_by_node": test_cache_savings_by_node,
 }
 
 

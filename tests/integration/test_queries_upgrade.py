@@ -36,6 +36,7 @@ LIBRARY = {
     "model_meter_daily": NOV,
     "gpu_measured_vs_estimated": NOV,
     "cache_savings": NOV,
+    "cache_savings_by_node": NOV,
     "budget_status": NOV,
     "price_book_versions": NOV,
     "daily_spend": NOV,
@@ -43,6 +44,8 @@ LIBRARY = {
     "request_spans": {**NOV, "limit": 10},
     "reconcile": {},
 }
+# priced_lines columns added after 050 (060, 075): not in the rows of the old store
+NEWER = ("rate_match", "input_list_cost")
 TABLES = ("priced_lines", "cost_hourly", "tenant_spend_daily", "request_node_costs")
 # rollup rows of one key may be merged by the copy: compare what they add up to
 MONEY = {t: f"SELECT sum(lines), toString(sum(amount)) FROM {t}" for t in TABLES}
@@ -84,7 +87,7 @@ def test_upgrade_keeps_the_data_and_the_answers(before_050: Any) -> None:
     assert keys["request_costs_by_start"] == "tenant, start_hour, request_id, currency"
     # every line copied, every column (the duplicate may collapse in the copy, as in a merge)
     got = ch.query(
-        f"SELECT {', '.join(c for c in PRICED_LINE_COLUMNS if c != 'rate_match')}, priced_at "
+        f"SELECT {', '.join(c for c in PRICED_LINE_COLUMNS if c not in NEWER)}, priced_at "
         "FROM priced_lines FINAL ORDER BY line_id"
     ).result_rows
     # (priced_at: of the duplicate, either copy may be the one kept)
@@ -123,7 +126,7 @@ def test_upgrade_keeps_the_data_and_the_answers(before_050: Any) -> None:
 
 def _old_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A row of the old table (005 + 030 column order) in the order selected above."""
-    names = [c for c in PRICED_LINE_COLUMNS if c not in ("cache_savings", "rate_match")]
+    names = [c for c in PRICED_LINE_COLUMNS if c not in ("cache_savings", *NEWER)]
     old = dict(zip([*names, "priced_at", "cache_savings"], row, strict=True))
     return tuple(old[c] for c in [*names, "cache_savings", "priced_at"])
 
@@ -175,13 +178,15 @@ def test_hybrid_period_queries_equal_the_lines_for_any_period(
         ch,
         f"SELECT model, sumIf(quantity, meter = 'cached_input_tokens'), "
         f"sumIf(cache_savings, meter = 'cached_input_tokens'), "
-        f"sumIf(amount, meter = 'cache_write_tokens') FROM priced_lines FINAL WHERE {where} "
+        f"sumIf(amount, meter = 'cache_write_tokens'), "
+        f"sumIf(amount - input_list_cost, meter = 'cache_write_tokens') "
+        f"FROM priced_lines FINAL WHERE {where} "
         f"AND line_kind = 'usage' AND meter IN ('cached_input_tokens', 'cache_write_tokens') "
         f"GROUP BY model",
         **kw,
     )
     got_cache = [
-        (r[0], r[2], r[4] - r[3], r[5]) for r in queries.run(ch, "cache_savings", **p).rows
+        (r[0], r[2], r[4] - r[3], r[6], r[7]) for r in queries.run(ch, "cache_savings", **p).rows
     ]
     assert got_cache == [tuple(r) for r in cache]
 

@@ -153,6 +153,32 @@ def test_cached_tokens_priced_once_at_their_rate_and_savings_reported() -> None:
     assert sum(ln.quantity for ln in lines) == 10_000  # each token counted once
 
 
+def test_cache_writes_carry_their_cost_as_plain_input() -> None:
+    """The write premium (amount - input_list_cost) is what the savings are net of."""
+    rates = [
+        {"meter": "input_tokens", "charge": "flat", "unit_price": "0.000003"},
+        {"meter": "cached_input_tokens", "charge": "flat", "unit_price": "0.0000003"},
+        {"meter": "cache_write_tokens", "charge": "flat", "unit_price": "0.00000375"},
+    ]
+    eng = PricingEngine(config(rates))
+    lines = run(eng, [event(1, input_tokens=10, cache_write_tokens=1000, cached_input_tokens=1)])
+    by_meter = {ln.meter: ln for ln in lines}
+    write = by_meter["cache_write_tokens"]
+    assert (write.amount, write.input_list_cost, write.cache_savings) == (
+        D("0.00375"),
+        D("0.003"),
+        D(0),
+    )
+    assert write.amount - write.input_list_cost == D("0.00075")  # the premium
+    assert by_meter["cached_input_tokens"].input_list_cost == 0
+    assert by_meter["input_tokens"].input_list_cost == 0
+    # kept through the worker's JSON state
+    assert PricedLine.from_dict(json.loads(json.dumps(write.to_dict()))) == write
+    # no input price in the book: nothing to compare against, the whole write is premium
+    eng = PricingEngine(config(rates[2:]))
+    assert run(eng, [event(2, cache_write_tokens=1000)])[0].input_list_cost == 0
+
+
 def test_event_priced_by_version_in_force_at_event_time() -> None:
     versions = [
         {"version": 1, "effective_from": "2026-01-01T00:00:00Z",

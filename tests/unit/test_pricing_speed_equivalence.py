@@ -71,7 +71,7 @@ FULL_EVERY = 200  # steps between comparisons of all states and seen records
 def _outcome(out: Any) -> tuple[Any, ...]:
     return (
         "ok",
-        # rate_match (migration 060) is newer than the reference: left out of the comparison
+        # fields newer than the reference (NEWER): left out of the comparison
         [_line(ln) for ln in out.lines],
         [(a.to_dict(), repr(a)) for a in out.alerts],
         out.duplicate,
@@ -79,16 +79,23 @@ def _outcome(out: Any) -> tuple[Any, ...]:
     )
 
 
+# PricedLine fields newer than the reference (migrations 060, 075): left out
+NEWER = ("rate_match", "input_list_cost")
+
+
 def _line(ln: Any) -> tuple[dict[str, Any], str]:
-    d = {k: v for k, v in ln.to_dict().items() if k != "rate_match"}
-    text = repr(ln).replace(f", rate_match={getattr(ln, 'rate_match', '')!r}", "")
+    d = {k: v for k, v in ln.to_dict().items() if k not in NEWER}
+    text = repr(ln)
+    for name in NEWER:
+        if hasattr(ln, name):
+            text = text.replace(f", {name}={getattr(ln, name)!r}", "")
     return d, text
 
 
 def _strip(obj: Any) -> Any:
-    """``obj`` without the ``rate_match`` fields of stored lines (newer than the reference)."""
+    """``obj`` without the fields of stored lines newer than the reference (``NEWER``)."""
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k != "rate_match"}
+        return {k: _strip(v) for k, v in obj.items() if k not in NEWER}
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj

@@ -17,6 +17,7 @@ PERIOD = {"tenant": "String", "start": "DateTime('UTC')", "end": "DateTime('UTC'
 SIGNATURES = {
     "budget_status": PERIOD,
     "cache_savings": PERIOD,
+    "cache_savings_by_node": PERIOD,
     "cost_over_time": {"bucket_hours": "UInt32", **PERIOD},
     "daily_spend": PERIOD,
     "gpu_measured_vs_estimated": PERIOD,

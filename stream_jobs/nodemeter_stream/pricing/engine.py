@@ -58,6 +58,7 @@ from nodemeter_stream.pricing.windows import BillingWindow, window_for, zone
 
 GRANT_METER = "credit_grant"
 CACHED = "cached_input_tokens"
+CACHE_WRITE = "cache_write_tokens"
 ONE_US = timedelta(microseconds=1)
 _VOLUME = ChargeModel.VOLUME.value
 _MEMO_MAX = 1 << 16  # entries of a memo before it is cleared
@@ -430,6 +431,7 @@ class PricingEngine:
             lid: str,
             savings: Decimal = ZERO,
             match: str = "",
+            as_input: Decimal = ZERO,
         ) -> PricedLine:
             return PricedLine(
                 line_id=lid, line_kind=kind, event_id=ev.event_id, tenant=ev.tenant,
@@ -438,7 +440,7 @@ class PricingEngine:
                 unit_price=price, amount=amount, currency=currency, price_book=book,
                 price_book_version=version, charge_model=charge, tier=tier,
                 window_id=win.window_id, window_start=win.start, event_time=ev.event_time,
-                cache_savings=savings, rate_match=match,
+                cache_savings=savings, rate_match=match, input_list_cost=as_input,
             )  # fmt: skip
 
         gross = ZERO
@@ -474,18 +476,24 @@ class PricingEngine:
                 continue
             version, rate = found
             match = rate_match(rate, model, book_model, gpu_type, book_gpu)
+            # cache reads: savings against the input price; cache writes: what they would
+            # have cost as plain input (their premium is amount - that)
             list_price = (
-                self._input_list_price(plan, book_model, provider, ev) if meter == CACHED else None
+                self._input_list_price(plan, book_model, provider, ev)
+                if meter in (CACHED, CACHE_WRITE)
+                else None
             )
             for p in price_pieces(rate, position, qty):
                 lid = line_id("usage", tenant, event_id, meter, p.tier, p.charge_model)
-                savings = (
-                    sub(mul(list_price, p.quantity), p.amount) if list_price is not None else ZERO
-                )
+                savings = as_input = ZERO
+                if list_price is not None:
+                    as_input = mul(list_price, p.quantity)
+                    if meter == CACHED:
+                        savings, as_input = sub(as_input, p.amount), ZERO
                 out.append(
                     line("usage", meter, gpu_type, p.quantity, p.unit_price, p.amount,
                          version.book, version.version, p.charge_model, p.tier, lid, savings,
-                         match)
+                         match, as_input)
                 )  # fmt: skip
                 gross = add(gross, p.amount)
                 if p.charge_model == _VOLUME:

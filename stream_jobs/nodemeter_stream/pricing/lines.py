@@ -47,6 +47,7 @@ PRICED_LINE_COLUMNS: tuple[str, ...] = (
     "event_time",
     "cache_savings",
     "rate_match",
+    "input_list_cost",
 )
 
 
@@ -84,6 +85,10 @@ class PricedLine:
     # usage lines: exact | alias | generic (a fallback rate) | unpriced; "" otherwise
     # (column added by migration 060; engine.rate_match)
     rate_match: str = ""
+    # On cache_write_tokens lines: what the tokens would have cost as plain input at the
+    # model's input_tokens list price (same book version), so the write premium is
+    # amount - input_list_cost; 0 on every other line (migration 075).
+    input_list_cost: Decimal = Decimal(0)
 
     def row(self) -> list[Any]:
         """Values in ``PRICED_LINE_COLUMNS`` order for clickhouse-connect."""
@@ -95,6 +100,7 @@ class PricedLine:
         d["unit_price"] = to_str(self.unit_price)
         d["amount"] = to_str(self.amount)
         d["cache_savings"] = to_str(self.cache_savings)
+        d["input_list_cost"] = to_str(self.input_list_cost)
         d["window_start"] = self.window_start.isoformat()
         d["event_time"] = self.event_time.isoformat()
         return d
@@ -107,6 +113,7 @@ class PricedLine:
                 "unit_price": from_str(d["unit_price"]),
                 "amount": from_str(d["amount"]),
                 "cache_savings": from_str(d.get("cache_savings", "0")),
+                "input_list_cost": from_str(d.get("input_list_cost", "0")),
                 "window_start": datetime.fromisoformat(d["window_start"]),
                 "event_time": datetime.fromisoformat(d["event_time"]),
             }
