@@ -105,6 +105,8 @@ class WorkerConfig:
             raise ConfigError("max_future_skew_s must be >= 0")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port {self.metrics_port} out of range")
+        if not self.data_dir:
+            raise ConfigError("data_dir (Faust's local directory) must not be empty")
         if not self.agent_modules:
             raise ConfigError("agent_modules must name at least one agent module")
         if self.heartbeat_interval_s * 3 > self.session_timeout_s:
@@ -140,6 +142,7 @@ class WorkerConfig:
             "max_event_bytes": int,
             "max_request_events": int,
             "max_future_skew_s": float,
+            "data_dir": str,  # NODEMETER_WORKER_DATA_DIR: a writable volume in a container
         }
         values: dict[str, Any] = {
             "bootstrap": os.environ.get("NODEMETER_KAFKA_BOOTSTRAP", ""),

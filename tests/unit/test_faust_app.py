@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from nodemeter.cli import build_parser
 from nodemeter.errors import ConfigError
-from nodemeter_stream.app import AGENT_MODULES, WorkerConfig
+from nodemeter_stream.app import AGENT_MODULES, WorkerConfig, faust_app
 from nodemeter_stream.metrics import WorkerMetrics
 from nodemeter_stream.sink.store import ClickHouseConfig
 from nodemeter_stream.worker_cli import agent_modules
@@ -27,6 +28,24 @@ def test_from_env_reads_variables_and_overrides_win(monkeypatch: pytest.MonkeyPa
     assert cfg.request_retention_s == 900.0 and cfg.request_timeout_s == 300.0
     assert cfg.agent_modules == ("nodemeter_stream.agents.ingest",)
     assert cfg.topics.usage_by_tenant == "p.nodemeter.usage-by-tenant.v1"
+
+
+def test_data_dir_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # a container's checkout is read-only: Faust's directory goes to a writable volume
+    monkeypatch.chdir(tmp_path)
+    assert WorkerConfig.from_env(bootstrap="k:1").data_dir == ".nodemeter/faust"
+    volume = tmp_path / "volume" / "faust"
+    monkeypatch.setenv("NODEMETER_WORKER_DATA_DIR", str(volume))
+    cfg = WorkerConfig.from_env(bootstrap="k:1", app_id="dd")
+    assert cfg.data_dir == str(volume)
+    app = faust_app(cfg)
+    assert Path(app.conf.datadir) == volume / "dd-data" and volume.is_dir()
+    assert not (tmp_path / ".nodemeter").exists()
+    monkeypatch.setenv("NODEMETER_WORKER_DATA_DIR", "")
+    with pytest.raises(ConfigError, match="data_dir"):
+        WorkerConfig.from_env(bootstrap="k:1")
 
 
 def test_defaults_keep_requests_past_their_timeout_and_every_agent() -> None:
