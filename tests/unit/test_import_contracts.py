@@ -1,8 +1,8 @@
 """The pure stages import no faust, kafka or clickhouse (the layout's one rule).
 
 Walks every module of ``nodemeter_stream.ingest`` and ``nodemeter_stream.pricing`` and
-the pure token module, and fails on an import of an I/O library at any depth of the
-file (function-level imports count too).
+the pure sink modules (tokens, progress, the cluster schema), and fails on an import of
+an I/O library at any depth of the file (function-level imports count too).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ PURE = [
     *sorted((PKG / "pricing").glob("*.py")),
     PKG / "sink" / "tokens.py",
     PKG / "sink" / "progress.py",
+    PKG / "sink" / "cluster.py",
 ]
 FORBIDDEN = ("faust", "mode", "aiokafka", "confluent_kafka", "kafka", "clickhouse_connect", "chdb")
 # pure modules may use nodemeter_stream's pure parts only

@@ -5,6 +5,10 @@ recorded in ``schema_migrations`` with a checksum. A file changed after it ran i
 an error (write a new migration instead). Statements are separated by ``;`` at a
 line end; every statement is written to be safe to re-run (IF NOT EXISTS), so a
 migration interrupted half-way can simply run again.
+
+On a ClickHouse cluster (``migrate(..., cluster=ClusterOptions(...))``, ``nodemeter migrate
+--cluster NAME``) every statement is first converted by :mod:`sink.cluster` (ON CLUSTER,
+Replicated engines, Distributed ``_all`` tables); docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nodemeter.errors import NodemeterError
+from nodemeter_stream.sink.cluster import ClusterOptions, ClusterSchema
 
 _FILE_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
@@ -96,19 +101,47 @@ ORDER BY version
 """
 
 
-def applied(client: Any) -> dict[int, str]:
-    client.command(_LEDGER)
+def applied(client: Any, *, cluster: ClusterOptions | None = None) -> dict[int, str]:
+    for stmt in ledger_statements(cluster):
+        client.command(stmt)
     rows = client.query("SELECT version, checksum FROM schema_migrations FINAL").result_rows
     return {int(v): str(c) for v, c in rows}
 
 
+def ledger_statements(cluster: ClusterOptions | None = None) -> list[str]:
+    """The statements that create ``schema_migrations`` (replicated everywhere on a cluster)."""
+    if cluster is None:
+        return [_LEDGER.strip()]
+    return ClusterSchema(cluster).convert(_LEDGER, where="the schema_migrations ledger")
+
+
+def plan(
+    migrations: Iterable[Migration] | None = None, *, cluster: ClusterOptions | None = None
+) -> list[tuple[Migration, list[str]]]:
+    """Each migration with the statements that apply it (converted for ``cluster``).
+
+    On a cluster every migration is converted, in order, even those already applied: a
+    statement's conversion depends on the tables earlier migrations created.
+    """
+    migs = list(migrations if migrations is not None else discover())
+    if cluster is None:
+        return [(mig, mig.statements()) for mig in migs]
+    schema = ClusterSchema(cluster)
+    return [(mig, schema.convert_many(mig.statements(), where=mig.path.name)) for mig in migs]
+
+
 def migrate(
-    client: Any, *, migrations: Iterable[Migration] | None = None, verbose: bool = True
+    client: Any,
+    *,
+    migrations: Iterable[Migration] | None = None,
+    verbose: bool = True,
+    cluster: ClusterOptions | None = None,
 ) -> list[Migration]:
     """Apply the migrations not yet recorded; return those applied now."""
-    done = applied(client)
+    steps = plan(migrations, cluster=cluster)  # a statement that cannot convert stops here
+    done = applied(client, cluster=cluster)
     ran: list[Migration] = []
-    for mig in migrations if migrations is not None else discover():
+    for mig, statements in steps:
         if mig.version in done:
             if done[mig.version] != mig.checksum:
                 raise MigrationError(
@@ -118,7 +151,7 @@ def migrate(
             continue
         if verbose:
             print(f"[migrate] {mig.path.name}", file=sys.stderr, flush=True)
-        for stmt in mig.statements():
+        for stmt in statements:
             try:
                 client.command(stmt)
             except Exception as exc:
