@@ -1,40 +1,52 @@
 """The ``nodemeter`` command.
 
 Subcommands live in their own modules, imported only when used, so the base SDK
-install can run ``nodemeter emit`` without the worker extras. Each module listed
-in ``COMMANDS`` exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+install can run ``nodemeter emit`` without the worker extras. Each package lists its
+commands in a table (``nodemeter.commands``, ``nodemeter_stream.commands``) registered
+as an entry point of the ``nodemeter.commands`` group; each module named there exposes
+``add_arguments(parser)`` and ``run(args) -> int``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from nodemeter.errors import NodemeterError
 
-# name -> (module, one-line help). Keep alphabetical within groups.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "alerts": ("nodemeter_stream.alerts_cli", "budget alerts: tail the alert topic"),
-    "dev": ("nodemeter_stream.devenv.cli", "local development services (Kafka broker)"),
-    "emit": ("nodemeter.emit_cli", "send usage records given as JSON lines on stdin"),
-    "migrate": ("nodemeter_stream.migrate_cli", "apply the SQL migrations to ClickHouse"),
-    "rebuild": ("nodemeter_stream.analytics.rebuild_cli", "rebuild rollups from base tables"),
-    "reconcile": ("nodemeter_stream.analytics.reconcile_cli", "check emitted = stored = billed"),
-    "report": ("nodemeter_stream.analytics.report_cli", "per-node cost report (--html)"),
-    "demo": (
-        "nodemeter_stream.demo",
-        "the demo pipeline: broker, worker, traffic, report, reconciliation",
-    ),
-    "smoke": ("nodemeter_stream.smoke", "produce, consume and store a few events end to end"),
-    "sql": ("nodemeter_stream.analytics.sql_cli", "run SQL or a library query, print a table"),
-    "statement": ("nodemeter_stream.analytics.statement_cli", "a tenant's statement for a window"),
-    "worker": (
-        "nodemeter_stream.worker_cli",
-        "run the stream worker (validate, dedupe, merge, sink)",
-    ),
-}
+# Each package registers its command table in the ``nodemeter.commands`` entry-point
+# group (pyproject.toml); run from a source tree without installed metadata, these are
+# read directly.
+ENTRY_POINT_GROUP = "nodemeter.commands"
+_BUILTIN_TABLES = ("nodemeter.commands:COMMANDS", "nodemeter_stream.commands:COMMANDS")
+
+
+def _load_table(ref: str) -> dict[str, tuple[str, str]]:
+    module, _, attr = ref.partition(":")
+    table: dict[str, tuple[str, str]] = getattr(importlib.import_module(module), attr)
+    return table
+
+
+@functools.cache
+def commands() -> dict[str, tuple[str, str]]:
+    """Every registered command: name -> (module, one-line help), sorted by name."""
+    found: dict[str, tuple[str, str]] = {}
+    eps = list(entry_points(group=ENTRY_POINT_GROUP))
+    refs = [ep.value for ep in eps] or list(_BUILTIN_TABLES)
+    for ref in refs:
+        try:
+            table = _load_table(ref)
+        except ImportError:  # a package of the distribution that is not importable here
+            continue
+        for name, entry in table.items():
+            if name in found and found[name] != entry:
+                raise RuntimeError(f"command {name!r} is registered twice ({ref})")
+            found[name] = entry
+    return dict(sorted(found.items()))
 
 
 # Modules of the optional extras: a command that needs one says which extra to install.
@@ -57,7 +69,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="nodemeter", description="Usage metering for AI workflows."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (module, help_text) in commands().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
         if only is not None and name != only:
@@ -73,7 +85,7 @@ def _command_in(argv: Sequence[str]) -> str | None:
     """The command named in ``argv`` (its first argument that is not an option)."""
     for arg in argv:
         if not arg.startswith("-"):
-            return arg if arg in COMMANDS else None
+            return arg if arg in commands() else None
     return None
 
 

@@ -77,11 +77,17 @@ def test_the_base_install_alone_emits_and_names_the_missing_extra(
     assert dry.returncode == 0, dry.stderr
     assert "1 valid, 0 rejected (dry run)" in dry.stderr
 
-    # `nodemeter emit` imports the SDK only, none of the worker's modules
+    # `nodemeter emit` imports the SDK and the worker package's command table, no more
     probe = _run([py, "-c", "import sys\nfrom nodemeter.cli import main\nrc = main(['emit', "
                   "'--dry-run'])\nprint(sorted(m for m in sys.modules if m.startswith("
                   "'nodemeter_stream')), rc)"], input=USAGE_LINE)  # fmt: skip
-    assert probe.stdout.strip().splitlines()[-1] == "[] 0", probe.stdout + probe.stderr
+    assert probe.stdout.strip().splitlines()[-1] == (
+        "['nodemeter_stream', 'nodemeter_stream.commands'] 0"
+    ), probe.stdout + probe.stderr
+
+    # both packages' command tables are found through their entry points
+    listed = _run([cli, "--help"])
+    assert listed.returncode == 0 and "emit" in listed.stdout and "statement" in listed.stdout
 
     # a worker command says which extra to install, in one line, without a traceback
     for cmd in (["worker"], ["report", "--tenant", "acme"], ["migrate"]):
