@@ -36,6 +36,7 @@ from typing import Any
 
 from nodemeter.codec import encode_payload
 from nodemeter.events import event_id_for
+from nodemeter.kafkalog import with_logger
 
 TENANTS = ("acme", "globex", "initech")
 UNKNOWN_TENANT = "umbrella"  # has no plan: its usage must end up in the dead letters
@@ -370,7 +371,7 @@ def _wait_group_stable(
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(with_logger({"bootstrap.servers": bootstrap}))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
@@ -470,7 +471,9 @@ def _run(args: argparse.Namespace) -> int:
         from confluent_kafka import Producer
 
         bad = malformed_records(end)
-        raw = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+        raw = Producer(
+            with_logger({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+        )
         for key, value, _why in bad:
             raw.produce(topics.usage, value=value, key=key)
         raw.flush(30)

@@ -36,13 +36,17 @@ class SourceError(AnalyticsError):
 def _consumer(bootstrap: str) -> Any:
     from confluent_kafka import Consumer
 
+    from nodemeter.kafkalog import with_logger
+
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"nodemeter-reconcile-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
+        with_logger(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"nodemeter-reconcile-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
     )
 
 
