@@ -1,6 +1,7 @@
 # nodemeter — `make help` lists the targets.
 # Every target installs what it needs first (venv, Python deps); the Kafka jars are
-# resolved from Maven Central on first use of the local broker.
+# resolved from Maven Central on first use of the local broker; Apicurio Registry (the
+# registry-mode tests' Schema Registry) is built from Maven Central by `make registry`.
 
 PY      ?= python3
 VENV    ?= .venv
@@ -40,7 +41,7 @@ $(STAMP): pyproject.toml $(NATIVE_SRC)
 	fi
 	@rm -f $(VENV)/.installed-* && touch $@
 
-.PHONY: help setup browser demo test test-fast torture check fmt kafka-up kafka-down bench clean
+.PHONY: help setup browser registry demo test test-fast torture check fmt kafka-up kafka-down bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,10 +53,13 @@ browser: ## Debian's headless Chromium for the HTML report's screenshot test (sk
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	  echo "[setup] chromium unavailable: the screenshot test will be skipped"; }
 
+registry: $(STAMP) ## build Apicurio Registry from Maven Central for the registry tests (cached)
+	@$(BIN)/nodemeter dev registry build >/dev/null
+
 demo: $(STAMP) ## the main job: run the demo pipeline on the embedded defaults
 	$(BIN)/nodemeter demo
 
-test: $(STAMP) browser ## the whole test suite, fault tests included
+test: $(STAMP) browser registry ## the whole test suite, fault tests included
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## quick loop: everything but the slow integration and fault tests

@@ -6,6 +6,11 @@
    on free loopback ports, started once per session and stopped at its end, plus
    embedded chDB.
 
+A real Schema Registry (``schema_registry_url``): ``NODEMETER_TEST_SCHEMA_REGISTRY_URL``
+(a Confluent-compatible API), else Apicurio Registry built from Maven Central
+(``nodemeter_stream.devenv.schema_registry``, ``make registry``) on a free loopback port,
+once per session.
+
 Each test gets its own topic prefix and its own ClickHouse database.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +94,27 @@ def local_kafka_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def local_kafka(kafka_bootstrap: str) -> Any:
     """The local broker's config, when the session runs one (None otherwise)."""
     return _LOCAL_KAFKA[0] if _LOCAL_KAFKA else None
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Confluent-compatible API of a real Schema Registry (Apicurio, in memory)."""
+    env = os.environ.get("NODEMETER_TEST_SCHEMA_REGISTRY_URL")
+    if env:
+        yield env
+        return
+    from nodemeter_stream.devenv import schema_registry
+
+    cfg = schema_registry.SchemaRegistryDevConfig(
+        port=free_port(), home=tmp_path_factory.mktemp("schema-registry")
+    )
+    url = schema_registry.up(cfg)  # a clear SchemaRegistryDevError with the log's tail
+    try:
+        yield url
+    finally:
+        schema_registry.down(cfg)
+        # pytest keeps the last runs' temp dirs: the log stays for a failed run
+        print(f"\n[schema-registry] log kept at {cfg.log_file}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
