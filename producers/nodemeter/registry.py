@@ -33,6 +33,26 @@ from nodemeter.redact import redact_url
 
 CONFLUENT_MAGIC = b"\x00"
 _CT = "application/vnd.schemaregistry.v1+json"
+SCHEMA_NOT_FOUND = 40403  # the Confluent API's error_code for an unknown schema id
+APICURIO_CCOMPAT_PATH = "/apis/ccompat/v7"
+
+
+class RegistryHTTPError(RegistryError):
+    """The registry answered with an HTTP error: its status and, when the body is the
+    Confluent API's error object, its ``error_code``."""
+
+    def __init__(self, message: str, *, status: int, error_code: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+
+
+def _error_code(body: str) -> int | None:
+    try:
+        code = json.loads(body).get("error_code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, int) else None
 
 
 class RegistryClient:
@@ -71,8 +91,21 @@ class RegistryClient:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode(errors="replace")
-            raise RegistryError(f"registry {method} {path}: HTTP {exc.code}: {detail}") from exc
+            text = exc.read(65536).decode(errors="replace")
+            code, detail = _error_code(text), text[:300]
+            hint = ""
+            if exc.code == 404 and not (code is not None and 40400 <= code < 40500):
+                # Not the registry's "subject/version/schema not found" (4040x): this URL
+                # is no Confluent-compatible API, e.g. Apicurio's root without its path.
+                hint = (
+                    f" ({self.base} answers like no Confluent-compatible registry API; "
+                    f"for Apicurio Registry the URL ends in {APICURIO_CCOMPAT_PATH})"
+                )
+            raise RegistryHTTPError(
+                f"registry {method} {path}: HTTP {exc.code}: {detail}{hint}",
+                status=exc.code,
+                error_code=code,
+            ) from exc
         except (OSError, ValueError) as exc:
             raise RegistryError(f"registry {self.base} unreachable: {exc}") from exc
 
@@ -97,8 +130,11 @@ class RegistryClient:
             return cached
         try:
             answer = self._call("GET", f"/schemas/ids/{schema_id}")
-        except RegistryError as exc:
-            if "HTTP 404" in str(exc):
+        except RegistryHTTPError as exc:
+            # Only the registry's own "schema not found" (Confluent's error code 40403,
+            # which Apicurio and Karapace answer too) means the id is unknown: a bare 404
+            # from a wrong URL must not turn every record into a dead letter.
+            if exc.status == 404 and exc.error_code == SCHEMA_NOT_FOUND:
                 raise UnknownSchemaError(f"schema id {schema_id} is not in the registry") from exc
             raise
         parsed: dict[str, Any] = json.loads(answer["schema"])

@@ -117,3 +117,31 @@ def test_a_hanging_registry_never_blocks_emit(tmp_path: Path) -> None:
     finally:
         HangingSchemaRegistry.release.set()
         server.shutdown()
+
+
+class WrongPathServer(FakeSchemaRegistry):
+    """A web server that is no registry API: 404 with an error object of its own, as
+    Apicurio answers at its root (``RESTEASY003210 ... error_code: 404``)."""
+
+    def do_GET(self) -> None:
+        self._answer(404, {"message": "Could not find resource", "error_code": 404})
+
+    def do_POST(self) -> None:
+        self._answer(404, {"message": "Could not find resource", "error_code": 404})
+
+
+def test_a_404_without_the_registry_error_code_is_no_unknown_schema() -> None:
+    """Only the registry's own 40403 makes an id unknown (its records dead letters); a
+    bare 404 is a wrong URL, which the worker retries instead of dead-lettering."""
+    with serve(WrongPathServer) as url:
+        client = RegistryClient(url)
+        with pytest.raises(RegistryError, match="/apis/ccompat/v7") as info:
+            client.schema(1)
+        assert not isinstance(info.value, UnknownSchemaError)
+        with pytest.raises(RegistryError, match="no Confluent-compatible registry API"):
+            client.register("dev.nodemeter.v1.UsageEvent", {"type": "string"})
+
+
+def test_the_registry_404_for_an_unknown_id_is_unknown_schema(registry_url: str) -> None:
+    with pytest.raises(UnknownSchemaError, match="schema id 999"):
+        RegistryClient(registry_url).schema(999)  # 404 with error_code 40403
