@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml $(NATIVE_SRC)
 	fi
 	@rm -f $(VENV)/.installed-* && touch $@
 
-.PHONY: help setup browser registry demo test test-fast torture check fmt kafka-up kafka-down bench clean
+.PHONY: help setup browser registry demo test test-fast torture check fmt cluster-golden kafka-up kafka-down bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ check: $(STAMP) ## ruff (lint + format check), mypy, and the pure stages' import
 fmt: $(STAMP) ## apply ruff formatting and safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+cluster-golden: $(STAMP) ## regenerate tests/golden/cluster (migrate --cluster) after a migration
+	$(BIN)/python tests/unit/test_cluster_schema.py --write
 
 kafka-up: $(STAMP) ## start the local Kafka broker (KRaft) on 127.0.0.1:19092
 	$(BIN)/nodemeter dev kafka up

@@ -200,6 +200,7 @@ def test_a_materialized_view_across_sharding_keys_is_refused() -> None:
         ({"cluster": "c", "replica_path": "/t/{shard}"}, "{uuid}"),
         ({"cluster": "c", "replica_path": "/t/{uuid}"}, "{shard}"),
         ({"cluster": "c", "replica_path": "/t/{uuid}/{shard}/{table}"}, "EXCHANGE"),
+        ({"cluster": "c", "global_replica_path": "/t/{table}/{uuid}"}, "EXCHANGE"),
         ({"cluster": "c", "global_replica_path": "/t/{uuid}/{shard}"}, "no {shard}"),
         ({"cluster": "c", "dedupe_window_seconds": 0}, "positive"),
     ],

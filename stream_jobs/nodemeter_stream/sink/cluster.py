@@ -79,14 +79,16 @@ class ClusterOptions:
         ):
             if "'" in path or "\\" in path:
                 raise ClusterSchemaError(f"{what} {path!r}: no quotes or backslashes")
-            # {uuid}: unique per table and kept by EXCHANGE (CREATE OR REPLACE); {table}
-            # and {database} are refused by ClickHouse on a table that is exchanged
+            # {uuid}: unique per table, and it moves with the table through EXCHANGE
+            # (CREATE OR REPLACE). {table} is expanded once, at creation: after EXCHANGE
+            # the live table keeps the staging table's path, and the next replacement
+            # would create its staging table on that same path.
             if "{uuid}" not in path:
                 raise ClusterSchemaError(f"{what} {path!r} must contain {{uuid}}")
-            if "{table}" in path or "{database}" in path:
+            if "{table}" in path:
                 raise ClusterSchemaError(
-                    f"{what} {path!r}: {{table}} and {{database}} break EXCHANGE TABLES "
-                    "(CREATE OR REPLACE); {uuid} already names the table"
+                    f"{what} {path!r}: {{table}} is expanded when a table is created and does "
+                    "not follow EXCHANGE TABLES (CREATE OR REPLACE); {uuid} names the table"
                 )
         if "{shard}" not in self.replica_path:
             raise ClusterSchemaError(f"replica path {self.replica_path!r} must contain {{shard}}")
