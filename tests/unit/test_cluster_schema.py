@@ -12,9 +12,12 @@ That every generated statement parses in the real engine is checked by
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -25,7 +28,7 @@ from nodemeter_stream.sink.cluster import (
     mask,
     render,
 )
-from nodemeter_stream.sink.migrate import discover, ledger_statements, plan
+from nodemeter_stream.sink.migrate import discover, ledger_statements, migrate, plan
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "cluster"
 OPTIONS = ClusterOptions(cluster="nodemeter")
@@ -208,6 +211,53 @@ def test_a_materialized_view_across_sharding_keys_is_refused() -> None:
 def test_options_are_validated_when_built(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ClusterSchemaError, match=re.escape(message)):
         ClusterOptions(**kwargs)  # type: ignore[arg-type]
+
+
+class FakeClient:
+    """Records the statements ``migrate`` sends; answers the ledger query from ``done``."""
+
+    def __init__(self, done: dict[int, str]) -> None:
+        self.done = done
+        self.commands: list[str] = []
+        self.inserted: list[tuple[str, list[list[object]]]] = []
+
+    def command(self, sql: str) -> None:
+        self.commands.append(sql)
+
+    def query(self, sql: str) -> Any:
+        assert sql.startswith("SELECT version, checksum FROM schema_migrations FINAL")
+        return SimpleNamespace(result_rows=list(self.done.items()))
+
+    def insert(self, table: str, rows: list[list[object]], *, column_names: list[str]) -> None:
+        self.inserted.append((table, rows))
+
+
+def test_migrate_on_a_cluster_sends_the_converted_statements_of_pending_migrations() -> None:
+    migs = discover()
+    done = {m.version: m.checksum for m in migs[:-2]}
+    client = FakeClient(done)
+    ran = migrate(client, verbose=False, cluster=OPTIONS)
+    assert [m.version for m in ran] == [m.version for m in migs[-2:]]
+    steps = dict((m.version, stmts) for m, stmts in plan(cluster=OPTIONS))
+    ledger = ledger_statements(OPTIONS)
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{uuid}/global'" in ledger[0]
+    assert client.commands == [*ledger, *steps[migs[-2].version], *steps[migs[-1].version]]
+    assert [rows[0][0] for _, rows in client.inserted] == [m.version for m in migs[-2:]]
+
+
+def test_migrate_print_writes_the_golden_sql_and_connects_to_nothing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nodemeter_stream import migrate_cli
+
+    monkeypatch.setenv("NODEMETER_CLICKHOUSE_URL", "http://127.0.0.1:9")  # nothing listens
+    parser = argparse.ArgumentParser()
+    migrate_cli.add_arguments(parser)
+    assert migrate_cli.run(parser.parse_args(["--cluster", "nodemeter", "--print"])) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("-- nodemeter schema for cluster nodemeter")
+    for name, text in generated().items():
+        assert text in out, name
 
 
 def write_golden() -> None:
