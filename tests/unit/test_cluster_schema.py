@@ -173,6 +173,7 @@ def test_a_new_migration_is_converted_without_a_list_to_update(tmp_path: Path) -
             "no cluster conversion",
         ),
         ("ALTER TABLE nowhere ADD COLUMN x UInt8", "no earlier migration creates it"),
+        ("CREATE VIEW IF NOT EXISTS v AS SELECT * FROM nowhere", "reads 'nowhere'"),
         ("INSERT INTO usage_events VALUES ('x')", "no earlier migration creates it"),
     ],
 )
@@ -180,6 +181,18 @@ def test_a_statement_it_cannot_convert_is_an_error_naming_it(statement: str, mes
     with pytest.raises(ClusterSchemaError, match=re.escape(message)) as err:
         ClusterSchema(OPTIONS).convert(statement, where="099_x.sql statement 1")
     assert str(err.value).startswith("099_x.sql statement 1: ")
+
+
+def test_views_read_table_functions_system_tables_and_their_own_with_names() -> None:
+    schema = ClusterSchema(OPTIONS)
+    schema.convert(
+        "CREATE TABLE IF NOT EXISTS t (tenant String) ENGINE = MergeTree ORDER BY tenant"
+    )
+    out = schema.convert(
+        "CREATE VIEW IF NOT EXISTS v AS WITH x AS (SELECT tenant FROM t) "
+        "SELECT * FROM x, numbers(1) JOIN system.one ON 1 = 1 WHERE tenant IN (SELECT tenant FROM t)"
+    )
+    assert out[1].count("FROM t_all") == 2 and "FROM x," in out[1]
 
 
 def test_a_materialized_view_across_sharding_keys_is_refused() -> None:

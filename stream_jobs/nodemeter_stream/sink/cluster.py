@@ -323,13 +323,20 @@ class ClusterSchema:
                 "not be replicated)"
             )
         target = self.tables.get(head["target"])
-        sources = _relations(m[head.end() :])
-        source = self.tables.get(sources[0]) if sources else None
-        if target is None or source is None:
+        reads = [self.tables.get(h["name"]) for h in self._relations(m[head.end() :])]
+        source = reads[0] if reads else None
+        if target is None or source is None or None in reads:
             raise ClusterSchemaError(
-                f"materialized view {head['name']}: source {sources[:1]} and target "
-                f"{head['target']!r} must be tables created by earlier migrations"
+                f"materialized view {head['name']}: it must read tables and write a table "
+                f"({head['target']!r}) that earlier migrations create"
             )
+        for other in reads[1:]:
+            assert other is not None
+            if other.sharding_key is not None and other.sharding_key != source.sharding_key:
+                raise ClusterSchemaError(
+                    f"materialized view {head['name']} joins {other.name} (sharded by "
+                    f"{other.sharding_key}) to {source.name}: its rows are on other shards"
+                )
         if target.sharding_key is not None and target.sharding_key != source.sharding_key:
             raise ClusterSchemaError(
                 f"materialized view {head['name']} writes {target.name} (sharded by "
@@ -423,7 +430,7 @@ class ClusterSchema:
         """The SELECT with every sharded table and view read through its ``_all``."""
         m = mask(select)
         out, last = [], 0
-        for hit in re.finditer(rf"\b(FROM|JOIN)\s+(?P<name>{_NAME})\b", m, re.I):
+        for hit in self._relations(m):
             name = hit["name"]
             sharded = name in self.tables and self.tables[name].sharding_key is not None
             if sharded or name in self.views:
@@ -432,6 +439,26 @@ class ClusterSchema:
             elif name in self.mat_views:
                 raise ClusterSchemaError(f"reads the materialized view {name}: read its table")
         return "".join(out) + select[last:]
+
+    def _relations(self, select_m: str) -> list[re.Match[str]]:
+        """The tables a query reads (``FROM`` / ``JOIN``), each known to the schema.
+
+        Table functions, qualified names (``system.parts``) and the query's own ``WITH``
+        names are left out; any other name is an error: the generator would not know
+        whether to read it locally or through ``_all``.
+        """
+        ctes = set(re.findall(rf"(?:\bWITH|,)\s*({_NAME})\s+AS\s*\(", select_m, re.I))
+        known = set(self.tables) | self.views | self.mat_views
+        found = []
+        for hit in re.finditer(rf"\b(FROM|JOIN)\s+(?P<name>{_NAME})\b(?!\s*[(.])", select_m, re.I):
+            if hit["name"] in ctes:
+                continue
+            if hit["name"] not in known:
+                raise ClusterSchemaError(
+                    f"reads {hit['name']!r}, which no earlier migration creates"
+                )
+            found.append(hit)
+        return found
 
     def _on_cluster_after(self, sql: str, start: int, name: str) -> str:
         end = start + len(name)
@@ -442,10 +469,6 @@ def select_start(text: str) -> int:
     """Where the query after ``AS`` starts."""
     hit = re.match(r"\s*AS\s+", mask(text), re.I)
     return hit.end() if hit else 0
-
-
-def _relations(select_m: str) -> list[str]:
-    return [h[2] for h in re.finditer(rf"\b(FROM|JOIN)\s+({_NAME})\b", select_m, re.I)]
 
 
 def _top_level(m: str, pattern: str) -> int:
