@@ -58,7 +58,7 @@ def _put(url: str, body: dict[str, Any]) -> Any:
         return json.loads(resp.read())
 
 
-def test_sdk_to_worker_round_trip_through_apicurio(
+def test_sdk_to_worker_round_trip_through_apicurio_and_unknown_ids_dead_letter(
     kafka_bootstrap: str, topics: Any, tmp_path: Path, schema_registry_url: str
 ) -> None:
     cfg = MeterConfig(
@@ -99,6 +99,11 @@ def test_sdk_to_worker_round_trip_through_apicurio(
         rec = decode_confluent(value, client)
         kinds[type(rec)] = kinds.get(type(rec), 0) + 1
     assert kinds == {UsageEvent: 40, RequestEnd: 20}
+    # and one record framed with an id Apicurio never handed out (it answers 40403)
+    with pytest.raises(UnknownSchemaError, match="987654"):
+        client.schema(987_654)
+    unknown = CONFLUENT_MAGIC + (987_654).to_bytes(4, "big") + msgs[0].value()[5:]
+    produce(kafka_bootstrap, topics.usage, [(b"tenant-0", unknown)])
 
     w = worker_for(kafka_bootstrap, topics, tmp_path)
     w.env = {"NODEMETER_SCHEMA_REGISTRY_URL": schema_registry_url}
@@ -116,28 +121,6 @@ def test_sdk_to_worker_round_trip_through_apicurio(
     (done,) = query(w.url, w.database,
                     "SELECT countIf(complete = 1) FROM request_records FINAL")  # fmt: skip
     assert int(done[0]) == 20  # the framed end records were merged too
-    assert query(w.url, w.database, "SELECT count() FROM dead_letters")[0][0] == 0
-
-
-def test_an_id_apicurio_does_not_know_is_a_dead_letter(
-    kafka_bootstrap: str, topics: Any, tmp_path: Path, schema_registry_url: str
-) -> None:
-    enc = RegistryEncoder(schema_registry_url)
-    known = enc.encode(usage("acme", "r1", "s", input_tokens=5))
-    # an id far past any Apicurio has handed out in this session
-    unknown = CONFLUENT_MAGIC + (987_654).to_bytes(4, "big") + known[5:]
-    with pytest.raises(UnknownSchemaError, match="987654"):
-        RegistryClient(schema_registry_url).schema(987_654)  # Apicurio answers 404
-    produce(kafka_bootstrap, topics.usage, [(b"acme", known), (b"acme", unknown)])
-
-    w = worker_for(kafka_bootstrap, topics, tmp_path)
-    w.env = {"NODEMETER_SCHEMA_REGISTRY_URL": schema_registry_url}
-    w.start()
-    try:
-        wait_caught_up(kafka_bootstrap, w.app_id, topics.usage, worker=w, timeout=120)
-    finally:
-        assert w.stop() == 0, w.log()[-3000:]
-    assert query(w.url, w.database, "SELECT count() FROM usage_events FINAL")[0][0] == 1
     dl = query(w.url, w.database, "SELECT reason, detail FROM dead_letters FINAL")
     assert [r[0] for r in dl] == ["unknown_schema"] and "987654" in dl[0][1]
 
