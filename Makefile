@@ -89,4 +89,5 @@ kafka-down: $(STAMP) ## stop the local Kafka broker
 
 clean: ## stop the local broker, delete local data (.nodemeter) and the venv
 	-$(BIN)/nodemeter dev kafka down
+	-$(BIN)/nodemeter dev registry down
 	rm -rf .nodemeter $(VENV) producers/native/target
