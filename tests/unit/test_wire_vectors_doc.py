@@ -61,22 +61,20 @@ class Scan:
         self.up: dict[ast.AST, ast.AST] = {}
         self.consts: dict[str, str] = {}
         self.position: dict[str, int] = {}  # callable name -> positional index of `reason`
-        self.functions: dict[str, ast.FunctionDef] = {}
         self.found: set[str] = set()
         for tree in self.trees.values():
             self.up |= _parents(tree)
-            for node in tree.body:
+            for stmt in tree.body:
                 if (
-                    isinstance(node, ast.Assign)
-                    and len(node.targets) == 1
-                    and isinstance(node.targets[0], ast.Name)
-                    and isinstance(node.value, ast.Constant)
-                    and isinstance(node.value.value, str)
+                    isinstance(stmt, ast.Assign)
+                    and len(stmt.targets) == 1
+                    and isinstance(stmt.targets[0], ast.Name)
+                    and isinstance(stmt.value, ast.Constant)
+                    and isinstance(stmt.value.value, str)
                 ):
-                    self.consts[node.targets[0].id] = node.value.value
+                    self.consts[stmt.targets[0].id] = stmt.value.value
             for node in ast.walk(tree):
                 if isinstance(node, ast.FunctionDef):
-                    self.functions[node.name] = node
                     names = [a.arg for a in node.args.posonlyargs + node.args.args]
                     if "reason" in names and node.name != "__init__":
                         self.position[node.name] = names.index("reason")
@@ -97,7 +95,7 @@ class Scan:
         pairs += [(k, d) for k, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None]
         for arg, default in pairs:
             if arg.arg == "reason" and isinstance(default, ast.Constant):
-                self.found.add(default.value)
+                self.found.add(str(default.value))
 
     def run(self) -> set[str]:
         for path, tree in self.trees.items():
@@ -190,9 +188,12 @@ class Scan:
         if isinstance(arg, ast.Name):  # `for name in ("a", "b"): f(name, ...)`
             for loop in _enclosing(arg, self.up, ast.For):
                 assert isinstance(loop, ast.For)
-                if isinstance(loop.target, ast.Name) and loop.target.id == arg.id:
-                    if isinstance(loop.iter, ast.Tuple | ast.List):
-                        return [e.value for e in loop.iter.elts if isinstance(e, ast.Constant)]
+                if (
+                    isinstance(loop.target, ast.Name)
+                    and loop.target.id == arg.id
+                    and isinstance(loop.iter, ast.Tuple | ast.List)
+                ):
+                    return [str(e.value) for e in loop.iter.elts if isinstance(e, ast.Constant)]
             fn = next(_enclosing(arg, self.up, ast.FunctionDef), None)
             if isinstance(fn, ast.FunctionDef) and arg.id in [a.arg for a in fn.args.args]:
                 return []  # a wrapper passing its own parameter on: expanded at its callers
@@ -205,7 +206,7 @@ def worker_reasons() -> set[str]:
     for path, names in WORKER_CONSTANTS.items():
         tree = scan.trees[path]
         consts = {
-            t.id: n.value.value
+            t.id: str(n.value.value)
             for n in tree.body
             if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
             for t in n.targets
