@@ -39,6 +39,7 @@ from nodemeter.events import (
     validate_record,
 )
 from nodemeter.meter import PRODUCER_NAME, Meter, MeterConfig
+from nodemeter_stream.ingest import decode as decode_module
 from nodemeter_stream.ingest.decode import Accepted, DeadLetter, Source, classify
 
 try:
@@ -388,6 +389,18 @@ def test_absent_and_default_fields_give_the_same_bytes() -> None:
 # --- valid records: the worker decodes them back ----------------------------------------------
 
 
+@pytest.fixture(params=["compiled", "python"], autouse=False)
+def worker_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """classify with the compiled usage-event decoder (where built), or the Python path."""
+    if request.param == "compiled" and not fastcodec.NATIVE_DECODE:
+        pytest.skip(NEEDS_NATIVE)
+    if request.param == "python":
+        monkeypatch.setattr(
+            decode_module, "decode_valid_usage_event", fastcodec.python_decode_usage_event
+        )
+    return str(request.param)
+
+
 def _bytes_of(kind: str, vec: dict[str, Any]) -> bytes:
     exp = vec["expected"]
     if "value_hex" in exp:
@@ -398,7 +411,9 @@ def _bytes_of(kind: str, vec: dict[str, Any]) -> bytes:
 
 
 @pytest.mark.parametrize(("kind", "vec"), VALID, ids=ids(VALID))
-def test_the_worker_decodes_every_valid_vector(kind: str, vec: dict[str, Any]) -> None:
+def test_the_worker_decodes_every_valid_vector(
+    kind: str, vec: dict[str, Any], worker_decoder: str
+) -> None:
     _, not_after = clock_of(USAGE)
     data = _bytes_of(kind, vec)
     got = classify(data, key=bytes.fromhex(vec["expected"]["key"]["hex"]), source=SOURCE,
@@ -447,7 +462,9 @@ def test_the_sdk_refuses_every_invalid_vector(
     [v for v in INVALID_VECTORS if v["wire"]],
     ids=ids([v for v in INVALID_VECTORS if v["wire"]]),
 )
-def test_the_worker_dead_letters_every_invalid_record(vec: dict[str, Any]) -> None:
+def test_the_worker_dead_letters_every_invalid_record(
+    vec: dict[str, Any], worker_decoder: str
+) -> None:
     _, not_after = clock_of(INVALID)
     wire = vec["wire"]
     if "value_hex" in wire:
@@ -474,7 +491,7 @@ BYTES_VECTORS = BYTES["vectors"]
 
 
 @pytest.mark.parametrize("vec", BYTES_VECTORS, ids=ids(BYTES_VECTORS))
-def test_the_worker_classifies_raw_bytes(vec: dict[str, Any]) -> None:
+def test_the_worker_classifies_raw_bytes(vec: dict[str, Any], worker_decoder: str) -> None:
     _, not_after = clock_of(BYTES)
     if "value_hex" in vec and vec["value_hex"] is None:
         data = None
