@@ -150,7 +150,7 @@ def _enum(kind: type[Status] | type[GpuSource], value: Any, default: Any) -> Any
     except ValueError:
         raise InvalidUsageError(
             f"{kind.__name__} must be one of {[s.value for s in kind]}, got {value!r}",
-            reason=f"invalid_{kind.__name__.lower()}",
+            reason="invalid_gpu_source" if kind is GpuSource else "invalid_status",
         ) from None
 
 

@@ -674,3 +674,20 @@ def test_the_sdk_emits_the_request_vectors(
         "status": end.status.value, "event_id": end.event_id,
     } == sc["expected"]["request_end"]  # fmt: skip
     assert {k for k, _ in sent.sent} == {f"{sc['tenant']}/{sc['request_id']}".encode()}
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        ("status_unknown", {"status": "DONE"}),
+        ("gpu_source_unknown", {"meters": {"gpu_ms": 1, "gpu_source": "GUESSED"}}),
+    ],
+)
+def test_nodemeter_emit_gives_the_rules_reasons(name: str, line: dict[str, Any]) -> None:
+    # `nodemeter emit` parses enums itself; its reason used to be `invalid_gpusource`
+    from nodemeter.emit_cli import record_from_json
+
+    (vec,) = [v for v in INVALID_VECTORS if v["name"] == name]
+    with pytest.raises(InvalidUsageError) as info:
+        record_from_json({"tenant": "acme", "request_id": "r", "node_id": "n", **line})
+    assert info.value.reason == vec["sdk"]["reason"]
