@@ -15,22 +15,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import io
 import json
 import sys
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
 import nodemeter_schemas
 from nodemeter import fastcodec
 from nodemeter.codec import (
     SINGLE_OBJECT_MAGIC,
+    decode_record,
     encode_payload,
     encode_record,
     record_key,
@@ -57,6 +60,7 @@ from nodemeter.events import (
     request_end_id,
 )
 from nodemeter.meter import Meter, MeterConfig
+from nodemeter_stream.ingest.decode import Source, classify
 
 HERE = Path(__file__).resolve().parent
 FORMAT = 1
@@ -235,10 +239,6 @@ def segments(r: Record) -> list[list[str]]:
 
 
 def _one(schema: dict[str, Any], payload: dict[str, Any]) -> str:
-    import io
-
-    import fastavro
-
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), payload)
     return buf.getvalue().hex()
@@ -618,327 +618,226 @@ def _wire(r: Record) -> str:
     return fastcodec.encode(r).hex()
 
 
+@dataclass(frozen=True)
+class Bad:
+    """An invalid record: its fields, and whether a producer could write it in Avro."""
+
+    name: str
+    description: str
+    fields: dict[str, Any]
+    record: str = "usage_event"
+    on_wire: bool = True
+    note: str = ""
+
+
 def invalid_vectors() -> list[dict[str, Any]]:
-    U, E = "usage_event", "request_end"
+    E = "request_end"
     big = 2**63 - 1
-    v: list[tuple[str, str, str, dict[str, Any], bool, str]] = [
-        # (name, record, description, fields, on the wire?, note)
-        ("missing_tenant", U, "tenant ''.", base_usage(tenant=""), True, ""),
-        ("invalid_tenant_unicode", U, "A non-ASCII tenant.", base_usage(tenant="açme"), True, ""),
-        (
+    cases = [
+        Bad("missing_tenant", "tenant ''.", base_usage(tenant="")),
+        Bad("invalid_tenant_unicode", "A non-ASCII tenant.", base_usage(tenant="açme")),
+        Bad(
             "invalid_tenant_newline",
-            U,
             "'acme\\n': the whole string must match.",
             base_usage(tenant="acme\n"),
-            True,
-            "",
         ),
-        (
-            "invalid_tenant_first_char",
-            U,
-            "A tenant starting with '-'.",
-            base_usage(tenant="-acme"),
-            True,
-            "",
-        ),
-        ("tenant_too_long", U, "A tenant of 129 chars.", base_usage(tenant="T" * 129), True, ""),
-        ("missing_request_id", U, "request_id ''.", base_usage(request_id=""), True, ""),
-        ("missing_node_id", U, "node_id ''.", base_usage(node_id=""), True, ""),
-        ("missing_span_id", U, "span_id ''.", base_usage(span_id=""), True, ""),
-        ("missing_event_id", U, "event_id ''.", base_usage(event_id=""), True, ""),
-        (
-            "node_id_too_long",
-            U,
-            "257 code points.",
-            base_usage(node_id=EMOJI * (MAX_ID_LEN + 1)),
-            True,
-            "",
-        ),
-        (
-            "request_id_too_long",
-            U,
-            "257 chars.",
-            base_usage(request_id="r" * (MAX_ID_LEN + 1)),
-            True,
-            "",
-        ),
-        ("model_too_long", U, "257 chars.", base_usage(model="m" * (MAX_ID_LEN + 1)), True, ""),
-        (
-            "branch_path_too_long",
-            U,
-            "257 chars.",
-            base_usage(branch_path="1" * (MAX_ID_LEN + 1)),
-            True,
-            "",
-        ),
-        (
+        Bad("invalid_tenant_first_char", "A tenant starting with '-'.", base_usage(tenant="-acme")),
+        Bad("tenant_too_long", "A tenant of 129 chars.", base_usage(tenant="T" * 129)),
+        Bad("missing_request_id", "request_id ''.", base_usage(request_id="")),
+        Bad("missing_node_id", "node_id ''.", base_usage(node_id="")),
+        Bad("missing_span_id", "span_id ''.", base_usage(span_id="")),
+        Bad("missing_event_id", "event_id ''.", base_usage(event_id="")),
+        Bad("node_id_too_long", "257 code points.", base_usage(node_id=EMOJI * (MAX_ID_LEN + 1))),
+        Bad("request_id_too_long", "257 chars.", base_usage(request_id="r" * (MAX_ID_LEN + 1))),
+        Bad("model_too_long", "257 chars.", base_usage(model="m" * (MAX_ID_LEN + 1))),
+        Bad("branch_path_too_long", "257 chars.", base_usage(branch_path="1" * (MAX_ID_LEN + 1))),
+        Bad(
             "gpu_type_too_long",
-            U,
             "257 chars.",
             base_usage(meters={"gpu_type": "g" * (MAX_ID_LEN + 1)}),
-            True,
-            "",
         ),
-        (
-            "negative_quantity",
-            U,
-            "input_tokens -1.",
-            base_usage(meters={"input_tokens": -1}),
-            True,
-            "",
-        ),
-        (
+        Bad("negative_quantity", "input_tokens -1.", base_usage(meters={"input_tokens": -1})),
+        Bad(
             "negative_custom",
-            U,
             "A custom meter of -5.",
             base_usage(meters={"custom": [["pages", -5]]}),
-            True,
-            "",
         ),
-        (
+        Bad(
             "absurd_input_tokens",
-            U,
             "One over the input_tokens limit.",
             base_usage(meters={"input_tokens": LIMITS["input_tokens"] + 1}),
-            True,
-            "",
         ),
-        (
+        Bad(
             "absurd_gpu_ms",
-            U,
             "One over the gpu_ms limit.",
             base_usage(meters={"gpu_ms": LIMITS["gpu_ms"] + 1, "gpu_source": "MEASURED"}),
-            True,
-            "",
         ),
-        (
+        Bad(
             "absurd_custom",
-            U,
             "One over the custom limit.",
             base_usage(meters={"custom": [["pages", LIMITS["custom"] + 1]]}),
-            True,
-            "",
         ),
-        (
+        Bad(
             "absurd_long_max",
-            U,
             "cpu_ms 2^63 - 1 (a string in JSON).",
             base_usage(meters={"cpu_ms": big}),
-            True,
-            "",
         ),
-        (
+        Bad(
             "absurd_past_long",
-            U,
             "api_calls 2^64: not an Avro long at all.",
             base_usage(meters={"api_calls": 2**64}),
-            False,
-            "",
+            on_wire=False,
         ),
-        (
+        Bad(
             "invalid_custom_name_upper",
-            U,
             "A custom meter name with a capital.",
             base_usage(meters={"custom": [["Pages", 1]]}),
-            True,
-            "",
         ),
-        (
+        Bad(
             "invalid_custom_name_long",
-            U,
             "A custom meter name of 65 chars.",
             base_usage(meters={"custom": [["p" * 65, 1]]}),
-            True,
-            "",
         ),
-        (
+        Bad(
             "invalid_custom_name_colon",
-            U,
             "A custom meter name with ':'.",
             base_usage(meters={"custom": [["a:b", 1]]}),
-            True,
-            "",
         ),
-        (
+        Bad(
             "too_many_custom",
-            U,
             "33 custom meters.",
             base_usage(meters={"custom": [[f"c{i}", 1] for i in range(MAX_CUSTOM_METERS + 1)]}),
-            True,
-            "",
         ),
-        (
+        Bad(
             "gpu_ms_without_source",
-            U,
             "gpu_ms > 0 with gpu_source NONE.",
             base_usage(meters={"gpu_ms": 10}),
-            True,
-            "",
         ),
-        (
+        Bad(
             "too_many_attributes",
-            U,
             "65 attributes.",
             base_usage(attributes=[[f"k{i}", "v"] for i in range(MAX_ATTRIBUTES + 1)]),
-            True,
-            "",
         ),
-        (
+        Bad(
             "attribute_key_too_long",
-            U,
             "An attribute key of 257 chars.",
             base_usage(attributes=[["k" * (MAX_ID_LEN + 1), "v"]]),
-            True,
-            "",
         ),
-        (
+        Bad(
             "attribute_value_too_long",
-            U,
             "An attribute value of 2049 chars.",
             base_usage(attributes=[["k", "v" * (MAX_ATTRIBUTE_LEN + 1)]]),
-            True,
-            "",
         ),
-        ("negative_sequence", U, "sequence -1.", base_usage(sequence=-1), True, ""),
-        (
+        Bad("negative_sequence", "sequence -1.", base_usage(sequence=-1)),
+        Bad(
             "encoded_too_large",
-            U,
-            "Each field within its limit, but 64 attributes of 2048 chars: 148,000 bytes "
-            "encoded, over MAX_EVENT_BYTES (65,536).",
+            "Each field within its limit, but 64 attributes of 2048 chars: 148,000 bytes encoded, over MAX_EVENT_BYTES (65,536).",
             base_usage(
                 attributes=[[f"k{i}", "v" * MAX_ATTRIBUTE_LEN] for i in range(MAX_ATTRIBUTES)]
             ),
-            True,
-            "",
         ),
-        (
+        Bad(
             "future_event_time",
-            U,
             "301 s after the clock (max_future_skew_s 300).",
             base_usage(event_time=ts("2026-12-02T00:05:01.000000Z")),
-            True,
-            "",
         ),
-        (
+        Bad(
             "time_before_2000",
-            U,
             "1999-12-31T23:59:59.999999Z: out of the stored range (2000 to 2200).",
             base_usage(event_time=ts("1999-12-31T23:59:59.999999Z")),
-            True,
-            "The Python SDK accepts it today and the worker dead-letters it: producers "
-            "should refuse it (docs/wire.md, 'Known differences').",
+            note="The Python SDK accepts it today and the worker dead-letters it: producers should refuse it (docs/wire.md, 'Known differences').",
         ),
-        (
+        Bad(
             "time_2200",
-            U,
             "2200-01-01T00:00:00Z: the first instant the worker does not store.",
             base_usage(event_time=ts("2200-01-01T00:00:00.000000Z")),
-            True,
-            "Also a future_event_time for the SDK (its clock is 2026); the worker checks "
-            "the stored range first.",
+            note="Also a future_event_time for the SDK (its clock is 2026); the worker checks the stored range first.",
         ),
-        (
+        Bad(
             "sequence_past_uint32",
-            U,
             "sequence 2^32: beyond the UInt32 column (and the Avro int).",
             base_usage(sequence=2**32),
-            True,
-            "The Python SDK accepts it today (and writes a long varint for an Avro int); "
-            "the worker dead-letters it: producers should refuse sequence > 2^31 - 1.",
+            note="The Python SDK accepts it today (and writes a long varint for an Avro int); the worker dead-letters it: producers should refuse sequence > 2^31 - 1.",
         ),
-        (
+        Bad(
             "billable_not_bool",
-            U,
             "billable 'no' (a string).",
             base_usage(billable={"$type": "string", "$value": "no"}),
-            False,
-            "",
+            on_wire=False,
         ),
-        (
+        Bad(
             "quantity_float",
-            U,
             "input_tokens 1.5.",
             base_usage(meters={"input_tokens": {"$type": "float", "$value": 1.5}}),
-            False,
-            "",
+            on_wire=False,
         ),
-        (
+        Bad(
             "quantity_bool",
-            U,
             "output_tokens true.",
             base_usage(meters={"output_tokens": {"$type": "bool", "$value": True}}),
-            False,
-            "",
+            on_wire=False,
         ),
-        (
+        Bad(
             "quantity_string",
-            U,
             "input_tokens '12' (a string, not an integer).",
             base_usage(meters={"input_tokens": {"$type": "string", "$value": "12"}}),
-            False,
-            "",
+            on_wire=False,
         ),
-        ("status_unknown", U, "status 'DONE'.", base_usage(status="DONE"), False, ""),
-        (
+        Bad("status_unknown", "status 'DONE'.", base_usage(status="DONE"), on_wire=False),
+        Bad(
             "gpu_source_unknown",
-            U,
             "gpu_source 'GUESSED'.",
             base_usage(meters={"gpu_ms": 1, "gpu_source": "GUESSED"}),
-            False,
-            "",
+            on_wire=False,
         ),
-        (
+        Bad(
             "naive_event_time",
-            U,
             "An event time without a UTC offset.",
             base_usage(
                 event_time={"$type": "naive_datetime", "$value": "2026-12-01T12:34:56.789012"}
             ),
-            False,
-            "",
+            on_wire=False,
         ),
-        (
+        Bad(
             "sequence_string",
-            U,
             "sequence '1' (a string).",
             base_usage(sequence={"$type": "string", "$value": "1"}),
-            False,
-            "",
+            on_wire=False,
         ),
-        ("end_missing_root_span", E, "root_span_id ''.", base_end(root_span_id=""), True, ""),
-        ("end_invalid_tenant", E, "tenant 'a b'.", base_end(tenant="a b"), True, ""),
-        ("end_negative_span_count", E, "span_count -1.", base_end(span_count=-1), True, ""),
-        (
-            "end_absurd_span_count",
-            E,
-            "span_count 1,000,001.",
-            base_end(span_count=1_000_001),
-            True,
-            "",
+        Bad("end_missing_root_span", "root_span_id ''.", base_end(root_span_id=""), record=E),
+        Bad("end_invalid_tenant", "tenant 'a b'.", base_end(tenant="a b"), record=E),
+        Bad("end_negative_span_count", "span_count -1.", base_end(span_count=-1), record=E),
+        Bad(
+            "end_absurd_span_count", "span_count 1,000,001.", base_end(span_count=1000001), record=E
         ),
-        (
+        Bad(
             "end_span_count_string",
-            E,
             "span_count '3' (a string).",
             base_end(span_count={"$type": "string", "$value": "3"}),
-            False,
-            "",
+            record=E,
+            on_wire=False,
         ),
-        (
+        Bad(
             "end_too_many_attributes",
-            E,
             "65 attributes.",
             base_end(attributes=[[f"k{i}", "v"] for i in range(MAX_ATTRIBUTES + 1)]),
-            True,
-            "",
+            record=E,
         ),
-        ("end_status_unknown", E, "status 'done'.", base_end(status="done"), False, ""),
+        Bad(
+            "end_status_unknown", "status 'done'.", base_end(status="done"), record=E, on_wire=False
+        ),
     ]
     out = []
-    from nodemeter_stream.ingest.decode import Source, classify
-
     not_after = parse_time(NOW) + timedelta(seconds=SKEW_S)
-    for name, rec, doc, fields, on_wire, note in v:
+    for case in cases:
+        name, rec, doc, fields, on_wire, note = (
+            case.name,
+            case.record,
+            case.description,
+            case.fields,
+            case.on_wire,
+            case.note,
+        )
         r = build(rec, fields)
         vec: dict[str, Any] = {"name": name, "record": rec, "description": doc}
         vec["fields"] = pack(fields)
@@ -982,8 +881,6 @@ def _patch(data: bytes, old: bytes, new: bytes) -> bytes:
 
 
 def bytes_vectors() -> list[dict[str, Any]]:
-    from nodemeter_stream.ingest.decode import Source, classify
-
     good = _minimal_body()
     head = good[:10]
     end_good = fastcodec.encode(build_end(base_end()))
@@ -1372,8 +1269,6 @@ async def _run_request(meter: Meter, sc: Mapping[str, Any]) -> None:
 
 def run_scenario(sc: Mapping[str, Any], spool: Path, *, native: bool = False) -> list[Record]:
     """The records the SDK emits for a scenario, in emission order."""
-    from nodemeter.codec import decode_record
-
     meter = _meter(spool, native=native)
     try:
         asyncio.run(_run_request(meter, sc))
@@ -1491,15 +1386,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare only; exit 1 on a difference")
     args = ap.parse_args(argv)
     changed = []
-    with ExitStack():
-        for name, doc in files():
-            path = HERE / name
-            text = render(doc)
-            if path.exists() and path.read_text(encoding="utf-8") == text:
-                continue
-            changed.append(name)
-            if not args.check:
-                path.write_text(text, encoding="utf-8")
+    for name, doc in files():
+        path = HERE / name
+        text = render(doc)
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            continue
+        changed.append(name)
+        if not args.check:
+            path.write_text(text, encoding="utf-8")
     for name in changed:
         print(("differs: " if args.check else "wrote: ") + name)
     return 1 if args.check and changed else 0
