@@ -10,4 +10,5 @@ from __future__ import annotations
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "emit": ("nodemeter.emit_cli", "send usage records given as JSON lines on stdin"),
+    "ingest-http": ("nodemeter.ingest_http.cli", "serve an HTTP API taking usage as CloudEvents"),
 }

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 from nodemeter import __version__, fastcodec
 from nodemeter.budget import BudgetCheck, BudgetView
@@ -402,6 +402,75 @@ class Meter:
         if producer is not self._producer:
             self._rebuilt_during_produce(topic, key, value)
         self.stats.produced += 1
+
+    def emit_settled(self, record: Record, on_settled: Callable[[Settlement], None]) -> None:
+        """``emit``, and then ``on_settled`` once the record is safe: ``"delivered"`` (the
+        broker acknowledged it, acks=all), ``"spooled"`` (appended to the spool and
+        fsynced), or ``"lost"`` (neither; ``stats.lost`` counts it). It is called once,
+        from the delivery thread or from within this call, and must not block.
+
+        ``InvalidUsageError`` is raised here, before anything is sent, as by ``emit``.
+        librdkafka reports successes per producer, not per record, so this needs
+        ``report_successes=True``; and ``spool_fsync="never"`` would make "spooled" a
+        promise the disk does not keep. Either is a ``ConfigError``."""
+        if not self.config.report_successes:
+            raise ConfigError("emit_settled needs MeterConfig(report_successes=True)")
+        if self.config.spool_fsync == "never":
+            raise ConfigError("emit_settled needs a spool that fsyncs (spool_fsync != 'never')")
+        key, value = self._validate_encode(record)
+        self.check_not_future(record)
+        if self._tenants is not None:
+            self.check_tenant(record.tenant)
+        if len(value) > MAX_EVENT_BYTES:
+            raise _oversize(value)
+        once = _Once(on_settled)
+        topic = self._topic
+        if self._closed:
+            once(self._spool_settled(topic, key, value, "meter closed"))
+            return
+        producer = self._producer
+        try:
+            producer.produce(
+                topic, value, key, on_delivery=functools.partial(self._on_settled_delivery, once)
+            )
+        except Exception as exc:
+            if not isinstance(exc, BufferError):
+                self._rebuild.set()  # KafkaException (fatal state), or anything unexpected
+            once(self._spool_settled(topic, key, value, f"produce failed: {exc}"))
+            return
+        if producer is not self._producer:  # see _rebuilt_during_produce: spooled as well
+            once(self._spool_settled(topic, key, value, "producer rebuilt during produce"))
+        self.stats.produced += 1
+
+    def _on_settled_delivery(self, once: _Once, err: Any, msg: Any) -> None:
+        # Runs inside poll()/flush(); must never raise.
+        try:
+            if err is None:
+                self.stats.acked += 1
+                once("delivered")
+                return
+            with self._slock:
+                self.stats.failed += 1
+            if _is_fatal(err):
+                self._rebuild.set()
+            once(self._spool_settled(msg.topic(), msg.key(), msg.value(), str(err)))
+        except Exception:
+            log.exception("nodemeter: delivery callback failed")
+
+    def _spool_settled(self, topic: str, key: bytes | None, value: bytes, why: str) -> Settlement:
+        """Spool and fsync one record; "spooled" only once it is on disk."""
+        try:
+            self._spool.append(topic, key, value)
+            self._spool.sync()
+        except (DeliveryError, OSError) as exc:
+            with self._slock:
+                self.stats.lost += 1
+            log.error("nodemeter: record LOST, neither delivered nor spooled (%s): %s", why, exc)
+            return "lost"
+        with self._slock:
+            self.stats.spooled += 1
+        self._warn(f"nodemeter: record spooled to {self._spool.directory} ({why})")
+        return "spooled"
 
     def _rebuilt_during_produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         # No lock on the hot path (it cost ~5% of an emit). A rebuild swapped the producer
@@ -771,6 +840,32 @@ def _is_fatal(err: Any) -> bool:
         return False
 
 
+# What became of a record sent with Meter.emit_settled.
+Settlement = Literal["delivered", "spooled", "lost"]
+
+
+class _Once:
+    """Calls ``fn`` with the first settlement only: a record spooled because the producer
+    was rebuilt under it may still be acknowledged (or spooled again) later."""
+
+    __slots__ = ("fn", "lock", "settled")
+
+    def __init__(self, fn: Callable[[Settlement], None]) -> None:
+        self.fn = fn
+        self.lock = threading.Lock()
+        self.settled = False
+
+    def __call__(self, outcome: Settlement) -> None:
+        with self.lock:
+            if self.settled:
+                return
+            self.settled = True
+        try:
+            self.fn(outcome)
+        except Exception:
+            log.exception("nodemeter: on_settled callback failed")
+
+
 class _LocalError:
     """Stands in for a KafkaError when produce() itself raised."""
 
@@ -798,4 +893,4 @@ class _LocalMessage:
         return self._v
 
 
-__all__ = ["Meter", "MeterConfig", "MeterStats", "NodemeterError", "ProducerLike"]
+__all__ = ["Meter", "MeterConfig", "MeterStats", "NodemeterError", "ProducerLike", "Settlement"]
