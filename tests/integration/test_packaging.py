@@ -9,10 +9,13 @@ Each test builds a venv from PyPI (wheels only), as a user's ``pip install`` wou
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,27 @@ def test_the_base_install_alone_emits_and_names_the_missing_extra(
     # both packages' command tables are found through their entry points
     listed = _run([cli, "--help"])
     assert listed.returncode == 0 and "emit" in listed.stdout and "statement" in listed.stdout
+
+    # `nodemeter ingest-http` serves from the base install (standard library HTTP only)
+    env = {**os.environ, "NODEMETER_INGEST_KEYS": "acme=base-install-test-key-0001"}
+    svc = subprocess.Popen(
+        [cli, "ingest-http", "--port", "0", "--bootstrap", "127.0.0.1:9", "--spool-dir",
+         str(tmp_path / "spool"), "--log-level", "CRITICAL"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert svc.stderr is not None
+        line = next((ln for ln in svc.stderr if "listening on" in ln), "")
+        assert line, "nodemeter ingest-http did not start"
+        url = line.split("listening on ", 1)[1].split()[0]
+        with urllib.request.urlopen(url + "/healthz", timeout=10) as resp:
+            assert resp.status == 200
+        svc.send_signal(signal.SIGTERM)
+        assert svc.wait(timeout=60) == 0
+    finally:
+        if svc.poll() is None:
+            svc.kill()
+            svc.wait()
 
     # a worker command says which extra to install, in one line, without a traceback
     for cmd in (["worker"], ["report", "--tenant", "acme"], ["migrate"]):
