@@ -22,7 +22,8 @@ RUN python -m pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /
 # Stage 2: the runtime, installed offline from those wheels only.
 FROM ${PYTHON_IMAGE}
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
-    python -m pip install --no-cache-dir --disable-pip-version-check --no-index --find-links /wheels "nodemeter[worker]"
+    python -m pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
+      --no-index --find-links /wheels "nodemeter[worker]"
 # A non-root user whose home is the data volume: Faust's directory (and an embedded
 # chDB store, if NODEMETER_CLICKHOUSE_URL is not a server) live there, never in /app.
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /var/lib/nodemeter nodemeter

@@ -20,6 +20,7 @@ the Kafka, ClickHouse, Prometheus and Grafana images. docs/docker.md says so too
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -61,23 +62,41 @@ def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
 
 
-@pytest.fixture(scope="module")
-def composecheck(tmp_path_factory: pytest.TempPathFactory) -> Check:
-    """``check(kind, path)``: the tool's JSON for a compose file, Dockerfile or PromQL list."""
+def _composecheck_binary() -> Path:
+    """tests/composecheck, built once per source and Go version and kept in the user's
+    cache (a fresh machine's first build, modules included, takes minutes here)."""
     go = shutil.which("go")
     if go is None:
         pytest.skip("no Go toolchain on PATH: tests/composecheck cannot be built")
-    binary = tmp_path_factory.mktemp("composecheck") / "composecheck"
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly"}
+    version = _run([go, "version"]).stdout.encode()
+    key = hashlib.sha256(version)
+    for name in ("main.go", "go.mod", "go.sum"):
+        key.update((TOOL / name).read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nodemeter"
+    binary = cache / f"composecheck-{key.hexdigest()[:16]}"
+    if binary.is_file():
+        return binary
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = binary.with_suffix(f".{os.getpid()}.tmp")
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly -buildvcs=false"}
     started = time.monotonic()
-    r = _run([go, "build", "-o", str(binary), "."], cwd=TOOL, env=env)
+    r = _run([go, "build", "-o", str(partial), "."], cwd=TOOL, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    print(f"composecheck built in {time.monotonic() - started:.1f} s")
+    partial.replace(binary)
+    print(f"composecheck built in {time.monotonic() - started:.1f} s: {binary}")
+    return binary
+
+
+@pytest.fixture(scope="module")
+def composecheck(tmp_path_factory: pytest.TempPathFactory) -> Check:
+    """``check(kind, path)``: the tool's JSON for a compose file, Dockerfile or PromQL list."""
+    binary = _composecheck_binary()
+    home = tmp_path_factory.mktemp("composecheck")
 
     def check(kind: str, path: Path, *, ok: bool = True) -> Any:
         # compose-go interpolates from the environment: give it none of ours, as a
         # fresh shell would, so that the file's own defaults apply
-        clean = {"PATH": os.environ["PATH"], "HOME": str(binary.parent)}
+        clean = {"PATH": os.environ["PATH"], "HOME": str(home)}
         res = _run([str(binary), kind, str(path)], cwd=path.parent, env=clean)
         if not ok:
             assert res.returncode == 1, res.stdout
@@ -369,20 +388,26 @@ def _venv(path: Path) -> Path:
     return path
 
 
-def _run_pip_steps(stage: dict[str, Any], venv: Path, paths: dict[str, Path], cwd: Path) -> None:
+def _run_pip_steps(stage: dict[str, Any], bin_dir: Path, paths: dict[str, Path], cwd: Path) -> None:
     """The stage's ``python -m pip`` RUN lines, with ``python`` the venv's and the image's
-    paths mapped to the test's. --no-cache-dir is dropped (it only keeps the image small)."""
+    paths mapped to the test's. What is installed is the same; how differs: the test
+    drops --no-cache-dir (it keeps the image small; pip's cache serves repeated runs) and
+    installs with --no-compile (the image's .pyc files take 26 s to write here)."""
     # a Docker build sees none of this machine's pip settings that pick packages
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_NO_INDEX")}
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     steps = [c for c in _commands(stage, "RUN") if c["CmdLine"][0].startswith("python -m pip ")]
     assert steps, "no pip step in this stage"
     for run in steps:
         (line,) = run["CmdLine"]
-        line = line.replace(" --no-cache-dir", "")
+        line = line.replace(" --no-cache-dir", "").replace(
+            " pip install ", " pip install --no-compile "
+        )
         line = CONTAINER_PATH.sub(lambda m: _map_path(m.group(1), paths), line)
+        started = time.monotonic()
         r = _run(["sh", "-c", line], cwd=cwd, env=env)
         assert r.returncode == 0, f"{line}\n{r.stderr[-4000:]}"
+        print(f"{time.monotonic() - started:5.1f} s  {line}")
 
 
 def _map_path(path: str, paths: dict[str, Path]) -> str:
@@ -400,11 +425,13 @@ def image_venv(dockerfile: dict[str, Any], tmp_path_factory: pytest.TempPathFact
     work = _copy_build_context(build, root / "build")
     paths = {"/" + str(work.relative_to(root / "build")): work, "/wheels": root / "wheels"}
     started = time.monotonic()
-    _run_pip_steps(build, _venv(root / "build-venv"), paths, work)
+    # `pip wheel` installs nothing into its environment (the build is isolated): this
+    # interpreter stands in for the build stage's
+    _run_pip_steps(build, Path(sys.executable).parent, paths, work)
     assert list((root / "wheels").glob("nodemeter-*.whl"))
     image = _venv(root / "image-venv")
     # the runtime stage sees the build stage's wheels only (a bind mount of /wheels)
-    _run_pip_steps(runtime, image, {"/wheels": root / "wheels"}, root)
+    _run_pip_steps(runtime, image / "bin", {"/wheels": root / "wheels"}, root)
     print(f"the Dockerfile's pip steps took {time.monotonic() - started:.1f} s")
     return image
 
