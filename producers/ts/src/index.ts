@@ -1,0 +1,8 @@
+export * from "./errors";
+export * from "./wire";
+export * from "./integrations";
+export { Meter, Span, PRODUCER_NAME, VERSION } from "./meter";
+export type { MeterOptions, NodeOptions, RecordOptions, RequestOptions, Transport } from "./meter";
+export { KafkaTransport, crc32Partitioner, defaultSpoolDir } from "./kafka";
+export type { KafkaTransportOptions, TransportStats } from "./kafka";
+export { MemoryTransport } from "./memory";
