@@ -178,11 +178,13 @@ def record_from_json(
     *,
     now: Callable[[], datetime] = utcnow,
     sequence_for: Callable[[tuple[str, str, str], int | None], int] | None = None,
+    producer: str = PRODUCER,
 ) -> Record:
     """Build (not yet validate) a record from one parsed JSON line.
 
     ``sequence_for(key, given)``: the sequence of a usage record (``given`` is the
-    line's own or None); without it a line without ``sequence`` gets 0."""
+    line's own or None); without it a line without ``sequence`` gets 0. ``producer``:
+    what a usage record names as its producer (``nodemeter ingest-http`` has its own)."""
     if not isinstance(obj, dict):
         raise InvalidUsageError("each line must be a JSON object", reason="invalid_json")
     kind = obj.get("type", "usage_event")
@@ -253,7 +255,7 @@ def record_from_json(
         event_time=_time(obj.get("event_time"), now),
         attributes=attributes,
         trace_id=obj.get("trace_id"),
-        producer=PRODUCER,
+        producer=producer,
     )
 
 

@@ -26,7 +26,6 @@ The record is then validated by ``events.validate_record``: the rules are those 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -38,7 +37,7 @@ from typing import Any
 from nodemeter import __version__
 from nodemeter.emit_cli import record_from_json
 from nodemeter.errors import InvalidUsageError
-from nodemeter.events import MAX_ID_LEN, Record, UsageEvent, utcnow, validate_record
+from nodemeter.events import MAX_ID_LEN, Record, utcnow, validate_record
 
 USAGE_TYPE = "dev.nodemeter.usage.v1"
 REQUEST_END_TYPE = "dev.nodemeter.request_end.v1"
@@ -136,11 +135,17 @@ def _agree(fields: dict[str, Any], name: str, value: str, origin: str) -> None:
 
 
 def to_record(
-    event: Any, *, default_tenant: str | None = None, now: Callable[[], datetime] = utcnow
+    event: Any,
+    *,
+    default_tenant: str | None = None,
+    now: Callable[[], datetime] = utcnow,
+    validate: bool = True,
 ) -> Record:
     """One CloudEvent (a parsed JSON object) as a validated record.
 
-    Raises ``InvalidUsageError`` with the reason code of the first rule it breaks."""
+    Raises ``InvalidUsageError`` with the reason code of the first rule it breaks.
+    ``validate=False`` leaves ``events.validate_record`` to the caller (the service's
+    ``Meter.emit_settled`` runs it, in the compiled encoder when installed)."""
     if not isinstance(event, dict):
         raise _bad("each event must be a JSON object", "invalid_event")
     if event.get("specversion") != "1.0":
@@ -191,10 +196,9 @@ def to_record(
         if m is None:
             raise _bad(f"traceparent is not a W3C traceparent: {trace!r}", "invalid_traceparent")
         fields["trace_id"] = m[1]
-    record = record_from_json(fields, now=now)
-    if isinstance(record, UsageEvent):
-        record = dataclasses.replace(record, producer=PRODUCER)
-    validate_record(record)
+    record = record_from_json(fields, now=now, producer=PRODUCER)
+    if validate:
+        validate_record(record)
     return record
 
 
@@ -226,20 +230,24 @@ class Mapped:
 
 
 def map_events(
-    events: list[Any], *, tenant: str, now: Callable[[], datetime] = utcnow
+    events: list[Any],
+    *,
+    tenant: str,
+    now: Callable[[], datetime] = utcnow,
+    validate: bool = True,
 ) -> tuple[list[Mapped], list[Refusal]]:
     """Each event of a request as a record of ``tenant`` (the API key's), or a refusal.
 
     An event naming another tenant is refused (``tenant_not_allowed``); an event id
     given twice in one request is refused on its second event (``duplicate_event_id``),
-    as ``nodemeter emit`` does for a second line."""
+    as ``nodemeter emit`` does for a second line. ``validate``: as for ``to_record``."""
     mapped: list[Mapped] = []
     refused: list[Refusal] = []
     seen: set[str] = set()
     for index, event in enumerate(events):
         ce_id = ce_id_of(event)
         try:
-            record = to_record(event, default_tenant=tenant, now=now)
+            record = to_record(event, default_tenant=tenant, now=now, validate=validate)
             if record.tenant != tenant:
                 raise _bad(
                     f"tenant {record.tenant!r} is not the API key's tenant", "tenant_not_allowed"
