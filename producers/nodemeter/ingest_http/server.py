@@ -214,7 +214,8 @@ class IngestService:
     def shutdown(self, *, flush_timeout: float = 10.0) -> ShutdownReport:
         """Drain and stop; see the module docstring. Idempotent enough: call once."""
         self._draining.set()
-        self.server.shutdown()  # returns once serve_forever stopped accepting
+        if self._threads:  # started: serve_forever runs
+            self.server.shutdown()  # returns once serve_forever stopped accepting
         deadline = time.monotonic() + self.config.drain_timeout_s
         with self._cv:
             while self._busy and time.monotonic() < deadline:
@@ -247,7 +248,7 @@ class IngestService:
 
     def _set_busy(self, handler: _Handler, busy: bool) -> None:
         with self._cv:
-            if self._conns.get(handler) == busy:
+            if handler not in self._conns or self._conns[handler] == busy:
                 return
             self._conns[handler] = busy
             self._busy += 1 if busy else -1
