@@ -47,7 +47,9 @@ export interface TransportStats {
 }
 
 export function defaultSpoolDir(): string {
-  return process.env.NODEMETER_SPOOL_DIR ?? path.join(os.homedir(), ".nodemeter", "spool-ts");
+  // its own folder: the Python SDK's spool files have another format
+  const base = process.env.NODEMETER_SPOOL_DIR;
+  return base ? path.join(base, "ts") : path.join(os.homedir(), ".local", "state", "nodemeter", "spool-ts");
 }
 
 export class KafkaTransport implements Transport {
