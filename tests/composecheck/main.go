@@ -54,8 +54,7 @@ func fail(code int, msg string) {
 }
 
 func compose(path string) ([]byte, error) {
-	opts, err := cli.NewProjectOptions([]string{path}, cli.WithOsEnv, cli.WithDotEnv,
-		cli.WithName("nodemeter"))
+	opts, err := cli.NewProjectOptions([]string{path}, cli.WithOsEnv, cli.WithDotEnv)
 	if err != nil {
 		return nil, err
 	}

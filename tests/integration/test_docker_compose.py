@@ -83,6 +83,9 @@ def _composecheck_binary() -> Path:
     r = _run([go, "build", "-o", str(partial), "."], cwd=TOOL, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     partial.replace(binary)
+    for old in cache.glob("composecheck-*"):  # builds of earlier sources
+        if old != binary:
+            old.unlink(missing_ok=True)
     print(f"composecheck built in {time.monotonic() - started:.1f} s: {binary}")
     return binary
 
@@ -159,6 +162,8 @@ def test_compose_file_loads_as_docker_compose_config_does(
 ) -> None:
     services = project["services"]
     assert set(services) == {"kafka", "clickhouse", "migrate", "worker", "prometheus", "grafana"}
+    # named in the file: the volumes' names do not depend on the checkout's folder
+    assert project["volumes"]["worker-data"]["name"] == "nodemeter_worker-data"
     worker, migrate = services["worker"], services["migrate"]
     for svc in (worker, migrate):  # built from the Dockerfile, not a bare python image
         assert Path(svc["build"]["context"]) == ROOT
