@@ -55,6 +55,8 @@ type Meter struct {
 
 	mu     sync.Mutex
 	closed bool
+
+	observe func(rec any) // tests: each record handed to the sink
 }
 
 // New builds a Meter. With Brokers it connects lazily (franz-go): an
@@ -152,6 +154,9 @@ func (m *Meter) EmitUsageEvent(ctx context.Context, e *UsageEvent) error {
 	if err != nil {
 		return err
 	}
+	if m.observe != nil {
+		m.observe(*e)
+	}
 	return m.send(ctx, key, value)
 }
 
@@ -160,6 +165,9 @@ func (m *Meter) EmitRequestEnd(ctx context.Context, e *RequestEnd) error {
 	key, value, err := m.EncodeRequestEnd(e)
 	if err != nil {
 		return err
+	}
+	if m.observe != nil {
+		m.observe(*e)
 	}
 	return m.send(ctx, key, value)
 }

@@ -348,7 +348,29 @@ func (s *Span) SetAttribute(key, value string) error {
 	if err := ValidateAttributes(mergeAttrs(s.req.attributes, attrs)); err != nil {
 		return err
 	}
+	old := s.attributes
 	s.attributes = attrs
+	if err := s.fitsLocked(); err != nil {
+		s.attributes = old
+		return err
+	}
+	return nil
+}
+
+// fitsLocked: every record of the span (or an empty one) still encodes within
+// MaxEventBytes, so that an oversize event fails at the call that made it so.
+func (s *Span) fitsLocked() error {
+	records := s.records
+	if len(records) == 0 {
+		records = []pending{{}}
+	}
+	now := s.req.meter.clock()
+	for i, p := range records {
+		e := s.eventLocked(p, i, StatusOK, now)
+		if n := len(EncodeUsageEvent(&e)); n > MaxEventBytes {
+			return bad(ReasonOversize, "this span's usage events would encode to %d bytes; the limit is %d", n, MaxEventBytes)
+		}
+	}
 	return nil
 }
 
@@ -361,8 +383,13 @@ func (s *Span) MarkNonBillable(reason string) error {
 		return err
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	nb, old := s.notBillable, s.nbReason
 	s.notBillable, s.nbReason = true, strp(reason)
-	s.mu.Unlock()
+	if err := s.fitsLocked(); err != nil {
+		s.notBillable, s.nbReason = nb, old
+		return err
+	}
 	return nil
 }
 
