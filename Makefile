@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml $(NATIVE_SRC)
 	fi
 	@rm -f $(VENV)/.installed-* && touch $@
 
-.PHONY: help setup browser registry node-deps demo test test-fast torture check fmt cluster-golden kafka-up kafka-down bench clean
+.PHONY: help setup browser registry node-deps go-deps demo test test-fast torture check fmt cluster-golden kafka-up kafka-down bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,10 +60,14 @@ node-deps: ## npm ci for the TypeScript SDK (producers/ts); skipped without npm
 	@if command -v npm >/dev/null; then cd producers/ts && npm ci --no-audit --no-fund --loglevel=error && npm run -s build; \
 	else echo "[setup] npm not found: the TypeScript SDK tests will be skipped"; fi
 
+go-deps: ## go mod download for the Go SDK (producers/go); skipped without go
+	@if command -v go >/dev/null; then cd producers/go && go mod download; \
+	else echo "[setup] go not found: the Go SDK tests will be skipped"; fi
+
 demo: $(STAMP) ## the main job: run the demo pipeline on the embedded defaults
 	$(BIN)/nodemeter demo
 
-test: $(STAMP) browser registry node-deps ## the whole test suite, fault tests included
+test: $(STAMP) browser registry node-deps go-deps ## the whole test suite, fault tests included
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## quick loop: everything but the slow integration and fault tests

@@ -52,8 +52,6 @@ def emitter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_go_test_passes(emitter: Path) -> None:
-    vet = _go("vet", "./...")
-    assert vet.returncode == 0, vet.stderr[-4000:]
     out = _go("test", "-count=1", "-v", "./...")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     # the vector tests ran, not just compiled
