@@ -42,6 +42,9 @@ type Config struct {
 	Sink Sink
 	// Kafka tunes the built-in producer; ignored with Sink.
 	Kafka KafkaConfig
+	// SpoolDir, when set, keeps what the broker did not take (spool.go): Flush
+	// and Close write it there instead of returning it, ReplaySpool sends it.
+	SpoolDir string
 }
 
 // Meter validates, encodes and sends usage records. Safe for concurrent use.
@@ -52,6 +55,7 @@ type Meter struct {
 	clock    func() time.Time
 	tenants  map[string]bool
 	sink     Sink
+	spool    *spool
 
 	mu     sync.Mutex
 	closed bool
@@ -80,6 +84,9 @@ func New(cfg Config) (*Meter, error) {
 	}
 	if m.clock == nil {
 		m.clock = time.Now
+	}
+	if cfg.SpoolDir != "" {
+		m.spool = &spool{dir: cfg.SpoolDir}
 	}
 	if cfg.Tenants != nil {
 		m.tenants = make(map[string]bool, len(cfg.Tenants))
@@ -177,6 +184,9 @@ func (m *Meter) send(ctx context.Context, key, value []byte) error {
 	closed := m.closed
 	m.mu.Unlock()
 	if closed {
+		if m.spool != nil { // as the Python SDK: after Close, to the spool
+			return m.spool.append([]spooled{{[]byte(m.topic), key, value}})
+		}
 		return ErrClosed
 	}
 	// A request's records are sent even when the caller's context is cancelled:
@@ -186,7 +196,23 @@ func (m *Meter) send(ctx context.Context, key, value []byte) error {
 
 // Flush waits until every record sent so far is acknowledged (or ctx ends) and
 // returns the delivery errors since the last Flush (*DeliveryError, joined).
-func (m *Meter) Flush(ctx context.Context) error { return m.sink.Flush(ctx) }
+// With a SpoolDir, failed records go to the spool instead, and only what could
+// not be spooled is returned.
+func (m *Meter) Flush(ctx context.Context) error {
+	err := m.sink.Flush(ctx)
+	if m.spool == nil || err == nil {
+		return err
+	}
+	failed, rest := deliveryErrors(err)
+	recs := make([]spooled, len(failed))
+	for i, f := range failed {
+		recs[i] = spooled{[]byte(f.Topic), f.Key, f.Value}
+	}
+	if serr := m.spool.append(recs); serr != nil {
+		return err // nothing spooled: every failure goes back to the caller
+	}
+	return errors.Join(rest...)
+}
 
 // Close flushes, then closes the producer. Records emitted after Close get ErrClosed.
 func (m *Meter) Close(ctx context.Context) error {
@@ -197,7 +223,8 @@ func (m *Meter) Close(ctx context.Context) error {
 	}
 	m.closed = true
 	m.mu.Unlock()
-	return m.sink.Close(ctx)
+	ferr := m.Flush(ctx)
+	return errors.Join(ferr, m.sink.Close(ctx))
 }
 
 // Attrs turns a map into attributes sorted by key, so that the same map always
