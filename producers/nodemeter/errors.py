@@ -8,6 +8,8 @@ NodemeterError
 │   └── UnknownSchemaError fingerprint or registry id not known
 ├── BudgetExceededError    a hard budget limit says no (SDK pre-flight check)
 ├── DeliveryError          a send failed for good and could not be spooled either
+├── KafkaConnectionError   no Kafka broker answered in time
+│   └── KafkaSecurityError the broker refused the credentials, or the TLS handshake failed
 ├── RegistryError          the schema registry refused or could not be reached
 └── GpuUnavailableError    GPU timing/readings asked for where no GPU, torch or NVML is
 """
@@ -53,6 +55,16 @@ class BudgetExceededError(NodemeterError):
 
 class DeliveryError(NodemeterError):
     """A record could neither be delivered nor spooled."""
+
+
+class KafkaConnectionError(NodemeterError):
+    """No Kafka broker could be used within the time allowed (the message says why)."""
+
+
+class KafkaSecurityError(KafkaConnectionError):
+    """The broker refused the credentials, or the TLS handshake failed (an untrusted
+    certificate, a host name it does not match). The message names the cause and the
+    ``NODEMETER_KAFKA_*`` variables to check, never a secret."""
 
 
 class RegistryError(NodemeterError):

@@ -44,12 +44,15 @@ from nodemeter.errors import (
     ConfigError,
     DeliveryError,
     InvalidUsageError,
+    KafkaConnectionError,
+    KafkaSecurityError,
     NodemeterError,
     OversizeEventError,
 )
 from nodemeter.events import MAX_EVENT_BYTES, Record, utcnow, validate_record
 from nodemeter.fastcodec import Encoded
-from nodemeter.kafkalog import with_logger
+from nodemeter.kafka_security import KafkaSecurity, security_settings
+from nodemeter.kafkalog import explain, security_of, with_logger
 from nodemeter.redact import redact_mapping, redact_url
 from nodemeter.spool import FSYNC_POLICIES, FsyncPolicy, Spool, default_spool_dir, read_segment
 
@@ -105,6 +108,9 @@ class MeterConfig:
     )
     producer_name: str = PRODUCER_NAME
     otel: bool | None = None  # None: use OpenTelemetry when it is importable
+    # TLS / SASL (nodemeter.kafka_security): NODEMETER_KAFKA_SECURITY_PROTOCOL and the rest
+    # of NODEMETER_KAFKA_* / the NODEMETER_KAFKA_CONFIG file; producer_config wins over it
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity.from_env)
     producer_config: Mapping[str, Any] = field(default_factory=dict)
     # False (default): the main producer calls back into Python for failed deliveries
     # only; stats.delivered is then derived (see MeterStats). True: a callback per
@@ -146,6 +152,8 @@ class MeterConfig:
             raise ConfigError("registry_url must be an http(s):// URL")
         if not isinstance(self.report_successes, bool):
             raise ConfigError("report_successes must be a bool")
+        if not isinstance(self.kafka_security, KafkaSecurity):
+            raise ConfigError("kafka_security must be a nodemeter.kafka_security.KafkaSecurity")
         for k in self.producer_config:
             if k == _ONLY_ERROR:
                 raise ConfigError(f"{k} is set by report_successes, not producer_config")
@@ -163,6 +171,7 @@ class MeterConfig:
             "batch.size": self.batch_bytes,
             "delivery.timeout.ms": self.delivery_timeout_ms,
             "queue.buffering.max.messages": self.queue_max_messages,
+            **self.kafka_security.librdkafka(),
         }
         conf.update(self.producer_config)
         conf.update(_PINNED)
@@ -305,6 +314,10 @@ class Meter:
         # (see _rebuilt_during_produce).
         self._plock = threading.Lock()
         self._slock = threading.Lock()  # guards stats updated from several threads
+        # the producer's TLS / SASL settings (producer_config's included), for messages
+        self._security = security_of(self.config.producer_conf())
+        self._connection_error: KafkaSecurityError | None = None
+        self._last_security_log = 0.0
         self._producer = self._new_producer()
         # The spool replay's own producer (every delivery reported), made on first use.
         self._replayer: ProducerLike | None = None
@@ -512,7 +525,10 @@ class Meter:
                 view = self._budget_view
                 if view is None:
                     view = self._budget_view = BudgetView(
-                        self.config.bootstrap_servers, self.config.budget_topic
+                        self.config.bootstrap_servers,
+                        self.config.budget_topic,
+                        # the producer's TLS / SASL settings, producer_config's included
+                        consumer_config=security_settings(self.config.producer_conf()),
                     )
         return view.check(tenant, workflow=workflow)
 
@@ -529,7 +545,44 @@ class Meter:
         if replayer is not None:
             remaining += int(replayer.flush(max(0.0, deadline - time.monotonic())))
         self._spool.sync()
+        if remaining and self._connection_error is not None:
+            self._log_security(force=True)
         return remaining
+
+    @property
+    def connection_error(self) -> KafkaSecurityError | None:
+        """The authentication or TLS failure the producer last reported (a wrong password,
+        an untrusted certificate), with a message naming the cause; None if none.
+        Records sent meanwhile wait in the producer, then in the spool: none is lost."""
+        return self._connection_error
+
+    def check_connection(self, timeout: float = 10.0) -> None:
+        """Return once the broker answers; raise ``KafkaSecurityError`` as soon as it
+        refuses the credentials or the TLS handshake fails, ``KafkaConnectionError`` when
+        no broker answered within ``timeout`` seconds. ``emit`` never needs this (it
+        spools while the broker is away); call it to fail fast at start."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                md = self._producer.list_topics(
+                    self.config.topic, timeout=max(0.05, min(0.5, left))
+                )
+                if getattr(md, "brokers", True):
+                    self._connection_error = None
+                    return
+            except Exception as exc:
+                last = exc
+            if self._thread is None:  # no background thread serves the error callback
+                self._producer.poll(0)
+            if self._connection_error is not None:
+                raise KafkaSecurityError(str(self._connection_error))
+            if time.monotonic() >= deadline:
+                raise KafkaConnectionError(
+                    f"no Kafka broker answered at {self.config.bootstrap_servers} within "
+                    f"{timeout:g} s ({self._security.describe()}): {last}"
+                )
 
     def replay(self, *, check_broker: bool = True) -> int:
         """Send spooled records again (same bytes); returns how many were re-sent.
@@ -586,6 +639,9 @@ class Meter:
         _LIVE.discard(self)
 
     def _close_producer(self, producer: ProducerLike, timeout: float) -> None:
+        if self._connection_error is not None:
+            # the broker refuses us: waiting delivers nothing; the spool keeps the records
+            timeout = min(timeout, 2.0)
         try:
             remaining = producer.flush(timeout)
             if remaining:
@@ -761,6 +817,11 @@ class Meter:
 
     def _on_error(self, err: Any) -> None:
         try:
+            message = explain(self._security, self.config.bootstrap_servers, err)
+            if message is not None:  # authentication or TLS: retried, but say why clearly
+                self._connection_error = KafkaSecurityError(message)
+                self._log_security()
+                return
             if _is_fatal(err):
                 log.error("nodemeter: fatal producer error, rebuilding the producer: %s", err)
                 self._rebuild.set()
@@ -780,6 +841,18 @@ class Meter:
         with self._slock:
             self.stats.spooled += 1
         self._warn(f"nodemeter: record spooled to {self._spool.directory} ({why})")
+
+    def _log_security(self, *, force: bool = False) -> None:
+        """One ERROR line per 30 s about the authentication / TLS failure (and at flush)."""
+        now = time.monotonic()
+        if force or now - self._last_security_log >= 30.0:
+            self._last_security_log = now
+            log.error(
+                "nodemeter: %s. Records wait in the producer, then in the spool %s, "
+                "until the broker accepts this client (nothing is lost)",
+                self._connection_error,
+                self._spool.directory,
+            )
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()

@@ -24,7 +24,8 @@ from typing import Any
 
 from nodemeter.codec import decode_payload
 from nodemeter.errors import DecodeError
-from nodemeter.kafkalog import with_logger
+from nodemeter.kafka_security import KafkaSecurity
+from nodemeter.kafkalog import ErrorWatch, with_logger
 from nodemeter_stream.pricing.money import present, to_str
 
 
@@ -234,6 +235,9 @@ def run_tail(args: argparse.Namespace) -> int:
         else os.environ.get("NODEMETER_TOPIC_PREFIX", "")
     )
     topic = Topics(prefix=prefix).budget_alerts
+    security = KafkaSecurity.from_env()
+    # a wrong password or an untrusted certificate ends the tail with that error
+    watch = ErrorWatch(security, bootstrap)
     consumer = Consumer(
         with_logger(
             {
@@ -241,10 +245,17 @@ def run_tail(args: argparse.Namespace) -> int:
                 "group.id": f"nodemeter-alerts-tail-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest" if args.from_beginning else "latest",
                 "enable.auto.commit": False,
-            }
+                "error_cb": watch,
+            },
+            security,
         )
     )
     consumer.subscribe([topic])
+
+    def poll(timeout: float) -> Any:
+        msg = consumer.poll(timeout)
+        watch.raise_if_failed()
+        return msg
 
     def emit(alert: Mapping[str, Any]) -> None:
         print(
@@ -253,7 +264,7 @@ def run_tail(args: argparse.Namespace) -> int:
 
     try:
         tail(
-            consumer.poll,
+            poll,
             tenant=args.tenant,
             emit=emit,
             max_alerts=args.max,

@@ -10,16 +10,19 @@ commit an offset past a message another actor has not finished.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import os
+import ssl
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodemeter.errors import ConfigError
+from nodemeter.errors import ConfigError, KafkaConnectionError, KafkaSecurityError
+from nodemeter.kafka_security import KafkaSecurity, explain_failure
 from nodemeter_stream.commit_guard import SCHEME, guard_topics, register_transport
 from nodemeter_stream.ingest.plan import (
     DEFAULT_MAX_REQUEST_EVENTS,
@@ -46,6 +49,9 @@ class WorkerConfig:
     """Everything the worker needs; validated when built, secrets never printed."""
 
     bootstrap: str
+    # TLS / SASL for every Kafka client of the worker (Faust's, topic creation): the
+    # NODEMETER_KAFKA_* variables / NODEMETER_KAFKA_CONFIG file; its repr hides secrets
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity.from_env)
     topic_prefix: str = ""
     partitions: int = 4
     # topic replication factor and min.insync.replicas; None: NODEMETER_TOPIC_REPLICATION
@@ -200,6 +206,73 @@ class Worker:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+def broker_credentials(security: KafkaSecurity) -> Any:
+    """Faust's ``broker_credentials`` for ``security`` (None for PLAINTEXT): SASL with an
+    ``ssl.SSLContext`` for SASL_SSL, without one for SASL_PLAINTEXT, TLS alone for SSL."""
+    import faust
+
+    if security.is_plaintext:
+        return None
+    context = security.ssl_context()
+    if not security.uses_sasl:
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=security.sasl_username,
+        password=security.sasl_password,
+        ssl_context=context,
+        mechanism=security.sasl_mechanism,
+    )
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    address = address.strip().removeprefix("kafka://")
+    host, _, port = address.rpartition(":")
+    if not host:
+        return address.strip("[]"), 9092
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise ConfigError(f"bootstrap address {address!r} is not host:port") from None
+
+
+async def _aiokafka_probe(bootstrap: str, security: KafkaSecurity, timeout: float) -> None:
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import KafkaError
+
+    last: BaseException | None = None
+    for address in (a for a in bootstrap.split(",") if a.strip()):
+        host, port = _host_port(address)
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host, port, request_timeout_ms=int(timeout * 1000), **security.aiokafka()
+                ),
+                timeout,
+            )
+        except (TimeoutError, OSError, KafkaError) as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ssl.SSLError):
+                text = f"SSL handshake failed: {text}"
+            message = explain_failure(security, bootstrap, text)
+            if message is not None:
+                raise KafkaSecurityError(message) from None
+            last = exc
+            continue
+        conn.close()
+        return
+    raise KafkaConnectionError(
+        f"no Kafka broker answered at {bootstrap} within {timeout:g} s "
+        f"({security.describe()}): {last!r}"
+    )
+
+
+def check_broker(config: WorkerConfig, *, timeout: float = 15.0) -> None:
+    """Connect once the way Faust will (aiokafka, with the worker's TLS / SASL settings)
+    and authenticate: a ``KafkaSecurityError`` naming the cause (wrong password,
+    untrusted certificate) right away, rather than a Faust worker retrying forever."""
+    asyncio.run(_aiokafka_probe(config.bootstrap, config.kafka_security, timeout))
+
+
 def faust_app(config: WorkerConfig) -> Any:
     import faust
 
@@ -210,6 +283,7 @@ def faust_app(config: WorkerConfig) -> Any:
         config.app_id,
         broker=[f"{SCHEME}://{b.strip()}" for b in config.bootstrap.split(",")],
         store="memory://",
+        broker_credentials=broker_credentials(config.kafka_security),
         datadir=f"{config.data_dir}/{config.app_id}-data",
         topic_partitions=config.partitions,
         # Faust's own internal topics: as the pipeline's (run() resolves the factor)

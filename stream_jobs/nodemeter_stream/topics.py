@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 
 from nodemeter.errors import ConfigError, NodemeterError
-from nodemeter.kafkalog import with_logger
+from nodemeter.kafka_security import KafkaSecurity
+from nodemeter.kafkalog import admin_client, cluster_metadata
 
 log = logging.getLogger("nodemeter.topics")
 
@@ -126,14 +127,24 @@ def check_partitions(topics: Topics, found: dict[str, int]) -> None:
         )
 
 
-def ensure_topics(bootstrap: str, topics: Topics, *, timeout: float = 30.0) -> Replication:
+def ensure_topics(
+    bootstrap: str,
+    topics: Topics,
+    *,
+    timeout: float = 30.0,
+    security: KafkaSecurity | None = None,
+) -> Replication:
     """Create the pipeline's topics if missing (idempotent) and check the keyed topics'
-    partition counts; returns the replication new topics are created with."""
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    partition counts; returns the replication new topics are created with.
 
-    admin = AdminClient(with_logger({"bootstrap.servers": bootstrap}))
-    meta = admin.list_topics(timeout=timeout)
+    ``security``: TLS / SASL (default: ``NODEMETER_KAFKA_*``). A broker refusing the
+    credentials or the TLS handshake raises ``KafkaSecurityError`` within seconds, one
+    that does not answer ``KafkaConnectionError`` after ``timeout``."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    admin, watch = admin_client(bootstrap, security)
+    meta = cluster_metadata(admin, watch, timeout=timeout)
     replication = topics.replication_for(len(meta.brokers))
     if replication.factor < PRODUCTION_REPLICATION:
         log.warning(

@@ -16,8 +16,8 @@ import os
 import sys
 from typing import Any
 
-from nodemeter.errors import ConfigError
-from nodemeter_stream.app import WorkerConfig, build_app
+from nodemeter.errors import ConfigError, NodemeterError
+from nodemeter_stream.app import WorkerConfig, build_app, check_broker
 from nodemeter_stream.metrics import DEFAULT_HOST as DEFAULT_METRICS_HOST
 from nodemeter_stream.sink.store import ClickHouseConfig
 from nodemeter_stream.topics import ensure_topics
@@ -164,7 +164,10 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     cfg = config_from_args(args)
-    replication = ensure_topics(cfg.bootstrap, cfg.topics)
+    # both fail within seconds, naming the cause, on a wrong password or an untrusted
+    # certificate: topic creation (librdkafka), then a connection as Faust makes it
+    replication = ensure_topics(cfg.bootstrap, cfg.topics, security=cfg.kafka_security)
+    check_broker(cfg)
     cfg = dataclasses.replace(cfg, replication=replication.factor)
     worker = build_app(cfg)
     inject_faults(worker)
@@ -207,9 +210,11 @@ def run(args: argparse.Namespace) -> int:
 
     fw = Worker(worker.app, loglevel=args.log_level.upper(), quiet=True)
     log.info(
-        "worker starting app_id=%s topics=%s clickhouse=%s",
+        "worker starting app_id=%s topics=%s kafka=%s (%s) clickhouse=%s",
         cfg.app_id,
         cfg.topics.usage,
+        cfg.bootstrap,
+        cfg.kafka_security.describe(),
         cfg.clickhouse.redacted(),
     )
     try:
@@ -224,7 +229,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nodemeter worker")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except NodemeterError as exc:  # a configuration or connection problem: say it plainly
+        print(f"nodemeter worker: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,14 @@ under one directory. Standard library only, so the SDK can use it in tests.
              clear error.
     down()   SIGTERM (controlled shutdown), SIGKILL after a grace period.
     status() running or not, pid, bootstrap address, log file.
+
+With ``sasl_ssl_port`` the broker also gets a SASL_SSL listener (TLS with SCRAM-SHA-256,
+SCRAM-SHA-512 and PLAIN): :func:`make_tls` makes a CA and a broker certificate for it
+with ``openssl`` (once, under ``home/tls``), ``scram_users`` are created when the storage
+is formatted (KRaft keeps SCRAM credentials in its metadata log) and ``plain_users`` are
+listed in the listener's JAAS config. The PLAINTEXT listener stays (it carries the
+inter-broker traffic and the readiness probe). For tests and trying TLS locally only:
+the passwords are in the broker's config files and command line.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,14 +67,29 @@ class KafkaDevConfig:
     cache_dir: Path = field(default_factory=_default_cache)
     heap: str = "768m"
     start_timeout_s: float = 60.0
+    # a SASL_SSL listener on this port (None: PLAINTEXT only), its users by mechanism
+    sasl_ssl_port: int | None = None
+    scram_users: Mapping[str, str] = field(default_factory=dict, repr=False)
+    plain_users: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("port", "controller_port"):
-            value = getattr(self, name)
+        ports = [("port", self.port), ("controller_port", self.controller_port)]
+        if self.sasl_ssl_port is not None:
+            ports.append(("sasl_ssl_port", self.sasl_ssl_port))
+        for name, value in ports:
             if not 0 < value < 65536:
                 raise KafkaDevError(f"{name} must be a TCP port (1-65535), got {value}")
-        if self.port == self.controller_port:
-            raise KafkaDevError("port and controller_port must differ")
+        if len({v for _, v in ports}) != len(ports):
+            raise KafkaDevError(f"{', '.join(n for n, _ in ports)} must differ")
+        if self.sasl_ssl_port is None and (self.scram_users or self.plain_users):
+            raise KafkaDevError("scram_users / plain_users need a sasl_ssl_port")
+        for name, password in {**self.scram_users, **self.plain_users}.items():
+            for text in (name, password):
+                if not text or any(c in text for c in ',=[]"\\ ') or not text.isprintable():
+                    raise KafkaDevError(
+                        f"dev broker user {name!r}: names and passwords must be printable, "
+                        "without spaces, quotes, backslashes or ,=[]"
+                    )
 
     @classmethod
     def from_env(cls) -> KafkaDevConfig:
@@ -100,6 +124,145 @@ class KafkaDevConfig:
     @property
     def libs_dir(self) -> Path:
         return self.cache_dir / "libs"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str | None:
+        """host:port of the SASL_SSL listener (None without one)."""
+        return None if self.sasl_ssl_port is None else f"{self.host}:{self.sasl_ssl_port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM CA that signed the SASL_SSL listener's certificate (clients trust it)."""
+        return self.tls_dir / "ca.pem"
+
+
+# --- TLS material (openssl) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevTls:
+    """A CA and a certificate it signed: PEM files, and the PKCS12 keystore the broker
+    reads (key + certificate chain, password ``keystore_password``)."""
+
+    ca_file: Path
+    ca_key: Path
+    cert_file: Path
+    key_file: Path
+    keystore: Path
+    keystore_password: str = field(repr=False)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    exe = shutil.which("openssl")
+    if exe is None:
+        raise KafkaDevError("openssl is needed to make the dev broker's TLS certificates")
+    proc = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise KafkaDevError(f"openssl {args[0]} failed: {proc.stderr[-1500:]}")
+
+
+def make_ca(directory: Path, *, name: str = "nodemeter dev CA", days: int = 7) -> tuple[Path, Path]:
+    """A self-signed CA (EC P-256) in ``directory``: (ca.pem, ca.key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, key = directory / "ca.pem", directory / "ca.key"
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", key.name, "-out", ca.name, "-days", str(days), "-subj", f"/CN={name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )  # fmt: skip
+    key.chmod(0o600)
+    return ca, key
+
+
+def make_tls(
+    directory: Path,
+    *,
+    hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+    days: int = 7,
+    ca: tuple[Path, Path] | None = None,
+) -> DevTls:
+    """A CA (or ``ca``: its pem and key) and a server certificate it signs for ``hosts``
+    (DNS names and IP addresses as subjectAltNames), in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_file, ca_key = ca if ca is not None else make_ca(directory, days=days)
+    sans = ",".join(
+        f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}" for h in hosts
+    )
+    (directory / "server.ext").write_text(
+        f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+    )
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={hosts[0]}",
+        cwd=directory,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", str(ca_file), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", "server.pem", "-days", str(days), "-extfile", "server.ext",
+        cwd=directory,
+    )  # fmt: skip
+    password = uuid.uuid4().hex
+    _openssl(
+        "pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key",
+        "-certfile", str(ca_file), "-name", "broker", "-out", "server.p12",
+        "-passout", f"pass:{password}",
+        cwd=directory,
+    )  # fmt: skip
+    (directory / "server.p12.password").write_text(password)
+    for secret in ("server.key", "server.p12", "server.p12.password"):
+        (directory / secret).chmod(0o600)
+    return DevTls(
+        ca_file=ca_file,
+        ca_key=ca_key,
+        cert_file=directory / "server.pem",
+        key_file=directory / "server.key",
+        keystore=directory / "server.p12",
+        keystore_password=password,
+    )
+
+
+def _broker_tls(cfg: KafkaDevConfig) -> DevTls:
+    """The SASL_SSL listener's certificates, made once under ``cfg.tls_dir``."""
+    d = cfg.tls_dir
+    password_file = d / "server.p12.password"
+    if not (password_file.exists() and (d / "server.p12").exists() and cfg.ca_file.exists()):
+        hosts = tuple(dict.fromkeys((cfg.host, "localhost", "127.0.0.1")))
+        return make_tls(d, hosts=hosts)
+    return DevTls(
+        ca_file=cfg.ca_file,
+        ca_key=d / "ca.key",
+        cert_file=d / "server.pem",
+        key_file=d / "server.key",
+        keystore=d / "server.p12",
+        keystore_password=password_file.read_text().strip(),
+    )
+
+
+def _sasl_ssl_lines(cfg: KafkaDevConfig) -> list[str]:
+    tls = _broker_tls(cfg)
+    plain_users = " ".join(f'user_{n}="{p}"' for n, p in cfg.plain_users.items())
+    mechanisms = "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    return [
+        f"sasl.enabled.mechanisms={mechanisms}",
+        f"listener.name.sasl_ssl.sasl.enabled.mechanisms={mechanisms}",
+        f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+        f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+        "listener.name.sasl_ssl.plain.sasl.jaas.config="
+        f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};",
+        "listener.name.sasl_ssl.ssl.keystore.type=PKCS12",
+        f"listener.name.sasl_ssl.ssl.keystore.location={tls.keystore}",
+        f"listener.name.sasl_ssl.ssl.keystore.password={tls.keystore_password}",
+        f"listener.name.sasl_ssl.ssl.key.password={tls.keystore_password}",
+        "listener.name.sasl_ssl.ssl.client.auth=none",
+    ]
 
 
 # --- protocol probe -------------------------------------------------------------
@@ -184,16 +347,24 @@ def _write_configs(cfg: KafkaDevConfig) -> tuple[Path, Path]:
     conf_dir.mkdir(parents=True, exist_ok=True)
     cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
     props = conf_dir / "server.properties"
+    listeners = [f"PLAINTEXT://{cfg.host}:{cfg.port}"]
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    secured: list[str] = []
+    if cfg.sasl_ssl_port is not None:
+        listeners.append(f"SASL_SSL://{cfg.host}:{cfg.sasl_ssl_port}")
+        protocols += ",SASL_SSL:SASL_SSL"
+        secured = _sasl_ssl_lines(cfg)
     props.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@{cfg.host}:{cfg.controller_port}",
-                f"listeners=PLAINTEXT://{cfg.host}:{cfg.port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
-                f"advertised.listeners=PLAINTEXT://{cfg.host}:{cfg.port}",
+                f"listeners={','.join(listeners)},CONTROLLER://{cfg.host}:{cfg.controller_port}",
+                f"advertised.listeners={','.join(listeners)}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"listener.security.protocol.map={protocols}",
+                *secured,
                 "inter.broker.listener.name=PLAINTEXT",
                 f"log.dirs={cfg.data_dir}",
                 "num.partitions=1",
@@ -267,9 +438,15 @@ def _format_storage(cfg: KafkaDevConfig, props: Path) -> None:
         str(props),
         "--ignore-formatted",
     ]
+    for name, password in cfg.scram_users.items():
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            cmd += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise KafkaDevError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
+        out = proc.stdout + proc.stderr
+        for password in cfg.scram_users.values():
+            out = out.replace(password, "***")
+        raise KafkaDevError(f"formatting Kafka storage failed:\n{out}")
 
 
 def cluster_id() -> str:
@@ -310,8 +487,8 @@ def up(cfg: KafkaDevConfig | None = None) -> str:
     if pid is not None and kafka_answers(cfg.host, cfg.port):
         _say(f"already running (pid {pid}) at {cfg.bootstrap}; logs: {cfg.log_file}")
         return cfg.bootstrap
-    for port in (cfg.port, cfg.controller_port):
-        if pid is None and port_in_use(cfg.host, port):
+    for port in (cfg.port, cfg.controller_port, cfg.sasl_ssl_port):
+        if port is not None and pid is None and port_in_use(cfg.host, port):
             raise KafkaDevError(
                 f"port {cfg.host}:{port} is in use by another process; choose other ports "
                 "with NODEMETER_KAFKA_PORT / NODEMETER_KAFKA_CONTROLLER_PORT"
@@ -348,9 +525,12 @@ def up(cfg: KafkaDevConfig | None = None) -> str:
         pid = proc.pid
     deadline = started + cfg.start_timeout_s
     while time.monotonic() < deadline:
-        if kafka_answers(cfg.host, cfg.port):
+        if kafka_answers(cfg.host, cfg.port) and (
+            cfg.sasl_ssl_port is None or port_in_use(cfg.host, cfg.sasl_ssl_port)
+        ):
+            secured = f", SASL_SSL at {cfg.sasl_ssl_bootstrap}" if cfg.sasl_ssl_port else ""
             _say(
-                f"broker {KAFKA_VERSION} up at {cfg.bootstrap} (pid {pid}) in "
+                f"broker {KAFKA_VERSION} up at {cfg.bootstrap}{secured} (pid {pid}) in "
                 f"{time.monotonic() - started:.1f}s; logs: {cfg.log_file}"
             )
             return cfg.bootstrap
@@ -405,6 +585,7 @@ def status(cfg: KafkaDevConfig | None = None) -> dict[str, object]:
         "running": pid is not None and kafka_answers(cfg.host, cfg.port),
         "pid": pid,
         "bootstrap": cfg.bootstrap,
+        "sasl_ssl_bootstrap": cfg.sasl_ssl_bootstrap,
         "log_file": str(cfg.log_file),
         "data_dir": str(cfg.data_dir),
         "kafka_version": KAFKA_VERSION,
