@@ -83,6 +83,22 @@ def test_a_batch_tally_counts_every_record_once_per_partition() -> None:
     assert Tally.from_json(10, 13, str(rows[0][9])) == got[(TOPIC, 0)]
 
 
+def test_an_offset_delivered_twice_in_one_batch_is_one_record() -> None:
+    """After a rebalance Faust can deliver an offset twice in one take: the plan sees the
+    second copy as a duplicate, but the topic holds one record there."""
+    src = Source(topic=TOPIC, partition=0, offset=20)
+    again = Accepted(record=_event("e1"), source=src, payload=b"")
+    items = [again, Accepted(record=_event("e1"), source=src, payload=b""),
+             Accepted(record=_event("e2"), source=Source(topic=TOPIC, partition=0, offset=21),
+                      payload=b"")]  # fmt: skip
+    plan = plan_batch(items, get_state=lambda _k: None, stored={}, now_ms=0, timeout_s=60)
+    assert len(plan.duplicates) == 1  # the plan's view: a duplicate of the first copy
+    spans = ranges((i.source.topic, i.source.partition, i.source.offset) for i in items)
+    (got,) = tally_batch(plan, spans).values()
+    assert got == Tally(first=20, last=21, records=2, events=2)
+    assert got.records == got.span == got.accounted
+
+
 # --- emitted = stored -----------------------------------------------------------------
 
 
