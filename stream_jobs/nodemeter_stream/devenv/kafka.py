@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodemeter.errors import NodemeterError
+from nodemeter_stream.devenv import process
 
 KAFKA_VERSION = "4.4.0"
 _POM = Path(__file__).with_name("kafka-pom.xml")
@@ -296,10 +296,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
+port_in_use = process.port_in_use
 
 
 # --- lifecycle ------------------------------------------------------------------
@@ -462,22 +459,7 @@ def cluster_id() -> str:
 
 
 def read_pid(cfg: KafkaDevConfig) -> int | None:
-    try:
-        pid = int(cfg.pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    # a zombie or an unrelated process reusing the pid is not our broker
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return pid
-    return pid if b"kafka.Kafka" in cmdline else None
+    return process.read_pid(cfg.pid_file, b"kafka.Kafka")
 
 
 def up(cfg: KafkaDevConfig | None = None) -> str:
@@ -550,32 +532,9 @@ def up(cfg: KafkaDevConfig | None = None) -> str:
 def down(cfg: KafkaDevConfig | None = None, *, grace_s: float = 30.0) -> bool:
     """Stop the broker; True if one was running."""
     cfg = cfg or KafkaDevConfig.from_env()
-    pid = read_pid(cfg)
-    if pid is None:
-        _say("not running")
-        with contextlib.suppress(FileNotFoundError):
-            cfg.pid_file.unlink()
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and read_pid(cfg) is not None:
-        _reap(pid)
-        time.sleep(0.1)
-    if read_pid(cfg) is not None:
-        _say(f"no controlled shutdown after {grace_s:.0f}s; killing pid {pid}")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
-        _reap(pid)
-    with contextlib.suppress(FileNotFoundError):
-        cfg.pid_file.unlink()
-    _say(f"stopped (pid {pid})")
-    return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    return process.stop(
+        cfg.pid_file, b"kafka.Kafka", grace_s=grace_s, say=_say, what="controlled shutdown"
+    )
 
 
 def status(cfg: KafkaDevConfig | None = None) -> dict[str, object]:

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodemeter.errors import NodemeterError
+from nodemeter_stream.devenv import process
 
 APICURIO_VERSION = "2.4.2.Final"
 _APP_DIR = Path(__file__).with_name("apicurio-app")
@@ -175,30 +175,11 @@ def registry_answers(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def port_in_use(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
+port_in_use = process.port_in_use
 
 
 def read_pid(cfg: SchemaRegistryDevConfig) -> int | None:
-    try:
-        pid = int(cfg.pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    try:  # a zombie or an unrelated process reusing the pid is not our registry
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return pid
-    return pid if _RUNNER.encode() in cmdline else None
+    return process.read_pid(cfg.pid_file, _RUNNER.encode())
 
 
 def up(cfg: SchemaRegistryDevConfig | None = None) -> str:
@@ -272,32 +253,7 @@ def _tail(cfg: SchemaRegistryDevConfig, n: int = 3000) -> str:
 def down(cfg: SchemaRegistryDevConfig | None = None, *, grace_s: float = 20.0) -> bool:
     """Stop the registry; True if one was running."""
     cfg = cfg or SchemaRegistryDevConfig.from_env()
-    pid = read_pid(cfg)
-    if pid is None:
-        _say("not running")
-        with contextlib.suppress(FileNotFoundError):
-            cfg.pid_file.unlink()
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and read_pid(cfg) is not None:
-        _reap(pid)
-        time.sleep(0.1)
-    if read_pid(cfg) is not None:
-        _say(f"no shutdown after {grace_s:.0f}s; killing pid {pid}")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
-        _reap(pid)
-    with contextlib.suppress(FileNotFoundError):
-        cfg.pid_file.unlink()
-    _say(f"stopped (pid {pid})")
-    return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    return process.stop(cfg.pid_file, _RUNNER.encode(), grace_s=grace_s, say=_say, what="shutdown")
 
 
 def status(cfg: SchemaRegistryDevConfig | None = None) -> dict[str, object]:
