@@ -1,6 +1,8 @@
 """The Go SDK (producers/go): its own tests (`go test`), then a request with parallel
 branches sent to the real broker, read back with the worker's decoder field by field,
-and merged by the real worker into ClickHouse."""
+merged and priced by the real worker (ingest and pricing, the example price books) into
+ClickHouse. The priced lines are checked against amounts computed here from the book's
+rates and the known quantities, in Decimal."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import subprocess
 import time
 import uuid
 import zlib
+from collections import defaultdict
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,11 @@ from worker_harness import WorkerProcess, query, wait_caught_up
 
 from nodemeter.events import RequestEnd, UsageEvent
 from nodemeter_stream.ingest.decode import Accepted, Source, classify
+from nodemeter_stream.pricing import load_config
+from nodemeter_stream.pricing.book import EXAMPLES_DIR, ChargeModel, Rate
+from nodemeter_stream.pricing.windows import window_for, zone
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 
 GO_DIR = Path(__file__).resolve().parents[2] / "producers" / "go"
 GO = shutil.which("go")
@@ -171,17 +178,21 @@ def test_parallel_request_reads_back_and_merges_exactly(
         "map-reduce",
     )
 
-    # The worker merges the request: one complete record, exact totals per node.
+    # The worker merges and prices the request: ingest and pricing, the example books.
     w = WorkerProcess(
         bootstrap=kafka_bootstrap,
         topic_prefix=topics.prefix,
         chdb_path=tmp_path / "chdb",
         log_path=tmp_path / "worker.log",
-        extra=("--agents", "ingest"),
+        extra=("--agents", "ingest,pricing"),
+        env={"NODEMETER_PRICEBOOKS": str(EXAMPLES_DIR), "NODEMETER_PRICING_TICK_S": "0"},
     )
     w.start()
     try:
         wait_caught_up(kafka_bootstrap, w.app_id, topics.usage, worker=w)
+        # ingest commits a batch once its forward is on the broker, pricing once
+        # ClickHouse acknowledged its lines: caught up on both, everything is stored
+        wait_caught_up(kafka_bootstrap, w.app_id, topics.usage_by_tenant, worker=w)
         time.sleep(1.5)
     finally:
         assert w.stop() == 0, w.log()[-3000:]
@@ -200,5 +211,95 @@ def test_parallel_request_reads_back_and_merges_exactly(
         "ORDER BY node_id",
     )
     assert nodes == [["llm.summarize", 3, 600, 6], ["merge", 1, 50, 20], ["plan", 1, 0, 0]]
+
+    lines = query(
+        w.url,
+        w.database,
+        "SELECT event_id, line_kind, node_id, model, provider, meter, toString(quantity), "
+        "toString(unit_price), toString(amount), toString(cache_savings), charge_model, tier, "
+        "price_book, price_book_version, window_id, currency FROM priced_lines FINAL "
+        f"WHERE request_id = '{request_id}'",
+    )
+    priced = sorted(
+        (e, kind, node, model, prov, meter, int(q), D(p), D(a), D(cs), ch, int(t), book, int(v), wid, cur)
+        for e, kind, node, model, prov, meter, q, p, a, cs, ch, t, book, v, wid, cur in lines
+    )  # fmt: skip
+    assert priced == expected_lines("acme", usage)
     (dead,) = query(w.url, w.database, "SELECT count() FROM dead_letters")
     assert dead == [0]
+
+
+D = Decimal
+PricedRow = tuple[str, str, str, str, str, str, int, Decimal, Decimal, Decimal, str, int, str, int, str, str]  # fmt: skip
+
+
+def _pieces(rate: Rate, position: int, qty: int) -> list[tuple[str, int, int, Decimal]]:
+    """(charge model, tier, quantity, unit price) for ``qty`` units at window ``position``:
+    included units first, then a flat price, or graduated tiers by position."""
+    out: list[tuple[str, int, int, Decimal]] = []
+    free = max(0, min(position + qty, rate.included_units) - position)
+    if free:
+        out.append(("included", 0, free, D(0)))
+    lo, end = position + free, position + qty
+    if lo == end:
+        return out
+    if rate.charge is ChargeModel.FLAT:
+        out.append(("flat", 0, end - lo, rate.unit_price))
+        return out
+    assert rate.charge is ChargeModel.GRADUATED, rate  # the rates this request reaches
+    floor = 0
+    for i, tier in enumerate(rate.tiers, 1):
+        top = end if tier.up_to is None else min(end, tier.up_to)
+        if top > max(lo, floor):
+            out.append(("graduated", i, top - max(lo, floor), tier.unit_price))
+        floor = tier.up_to if tier.up_to is not None else end
+        if floor >= end:
+            break
+    return out
+
+
+def expected_lines(tenant: str, usage: list[UsageEvent]) -> list[PricedRow]:
+    """The priced lines of ``usage``, from the example books' rates, computed here: one
+    line per meter and tier, amount = quantity x unit price; cached input tokens with
+    their saving against the model's input price; then the tenant's credit grant,
+    consumed first (a credit line of minus the event's gross while the grant lasts)."""
+    cfg = load_config(EXAMPLES_DIR)
+    plan = cfg.plan_for(tenant)
+    tz = zone(plan.time_zone)
+    position: dict[tuple[str, str, str], int] = defaultdict(int)
+    grant_used: dict[str, Decimal] = defaultdict(Decimal)
+    out: list[PricedRow] = []
+    for u in sorted(usage, key=lambda e: (e.event_time, e.event_id)):
+        win = window_for(u.event_time, plan.billing_window, tz)
+        model, provider = u.model or "", u.provider or ""
+        gross = D(0)
+        for meter, qty in sorted(u.meters.quantities().items()):
+            found = cfg.resolve(plan.price_book, meter=meter, model=model, provider=provider,
+                                gpu_type="", at=u.event_time)  # fmt: skip
+            assert found is not None, (meter, model)
+            version, rate = found
+            saving_price = None
+            if meter == "cached_input_tokens":
+                inp = cfg.resolve(plan.price_book, meter="input_tokens", model=model,
+                                  provider=provider, gpu_type="", at=u.event_time)  # fmt: skip
+                assert inp is not None and inp[1].charge is ChargeModel.FLAT
+                saving_price = inp[1].unit_price
+            key = (meter, model, provider)
+            for charge, tier, q, price in _pieces(rate, position[key], qty):
+                amount = price * q
+                saving = (saving_price * q - amount) if saving_price is not None else D(0)
+                out.append((u.event_id, "usage", u.node_id, model, provider, meter, q, price,
+                            amount, saving, charge, tier, version.book, version.version,
+                            win.window_id, "USD"))  # fmt: skip
+                gross += amount
+            position[key] += qty
+        gv = cfg.grant_version(plan.price_book, win.start, win.end)
+        grant = gv.credit_grant if gv is not None else D(0)
+        credit = min(gross, grant - grant_used[win.window_id])
+        if credit > 0:
+            assert gv is not None
+            grant_used[win.window_id] += credit
+            out.append((u.event_id, "credit", u.node_id, model, provider, "credit_grant", 0,
+                        D(0), -credit, D(0), "credit", 0, gv.book, gv.version, win.window_id,
+                        "USD"))  # fmt: skip
+    return sorted(out)
