@@ -28,6 +28,7 @@ from nodemeter.codec import HEADER_LEN, encode_payload, encode_record, usage_eve
 from nodemeter.events import GpuSource, Meters, RequestEnd, Status, UsageEvent
 from nodemeter_stream.ingest.decode import Accepted, DeadLetter, Source, classify
 from nodemeter_stream.ingest.rows import USAGE_EVENT_COLUMNS, usage_event_row
+from nodemeter_stream.sink.clickhouse import INSERT_SETTINGS
 
 pytestmark = pytest.mark.clickhouse
 
@@ -148,7 +149,9 @@ def test_mutated_records_are_accepted_and_stored_or_typed_dead_letters(ch: Any) 
             ends += 1
     elapsed = time.monotonic() - start
     if rows:  # every accepted usage event, in one insert: a value it cannot hold fails it
-        ch.insert("usage_events", rows, column_names=list(USAGE_EVENT_COLUMNS))
+        ch.insert(  # with the sink's settings: a mutated time can land in any month
+            "usage_events", rows, column_names=list(USAGE_EVENT_COLUMNS), settings=INSERT_SETTINGS
+        )
     stored = ch.query(
         "SELECT uniqExact(tenant, event_id) FROM usage_events "
         f"WHERE event_time > now() - INTERVAL {RETENTION_DAYS - 1} DAY"

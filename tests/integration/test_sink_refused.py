@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import date
 from typing import Any
 
 import pytest
 
 from nodemeter_stream.ingest.rows import USAGE_EVENT_COLUMNS, usage_event_row
 from nodemeter_stream.metrics import WorkerMetrics
-from nodemeter_stream.sink.clickhouse import REJECTED, Block, ClickHouseSink, permanent
+from nodemeter_stream.sink.clickhouse import (
+    INSERT_SETTINGS,
+    REJECTED,
+    Block,
+    ClickHouseSink,
+    permanent,
+)
 from nodemeter_stream.smoke import sample_events
 
 pytestmark = pytest.mark.clickhouse
@@ -74,3 +81,37 @@ def test_only_errors_no_retry_can_fix_are_permanent() -> None:
         RuntimeError("Code: 241. DB::Exception: Memory limit (MEMORY_LIMIT_EXCEEDED)")
     )
     assert not permanent(RuntimeError("Code: 252. DB::Exception: Too many parts (TOO_MANY_PARTS)"))
+
+
+def test_a_block_over_many_months_is_stored_once(ch: Any) -> None:
+    """A batch of valid events can span more months (partitions) than ClickHouse takes
+    in one insert by default (100): a backfill, or a producer with a broken clock inside
+    the valid range. That was TOO_MANY_PARTS on every retry, and the stream stalled. The
+    sink lifts the limit (valid times bound it); a replay still stores nothing twice."""
+    ch.command(
+        "CREATE TABLE sink_months (month Date, offset UInt64) ENGINE = MergeTree "
+        "PARTITION BY toYYYYMM(month) ORDER BY offset "
+        "SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    try:
+        months = [date(2000 + i // 12, i % 12 + 1, 1) for i in range(150)]
+        rows = [[m, i] for i, m in enumerate(months)]
+        block = Block(table="sink_months", columns=("month", "offset"), rows=rows,
+                      token="sink_months:u:0:0-149")  # fmt: skip
+        with pytest.raises(Exception, match="Code: 252"):  # what the sink used to retry
+            ch.insert("sink_months", rows, column_names=["month", "offset"])
+        assert INSERT_SETTINGS["max_partitions_per_insert_block"] == 0
+        sink = ClickHouseSink(client_factory=lambda: ch, retry_initial_s=0.01)
+
+        async def go() -> None:
+            await sink.write([block])
+            await sink.write([block])  # a replay after a crash
+            sink.stop()
+
+        asyncio.run(asyncio.wait_for(go(), 60))
+        got = ch.query(
+            "SELECT count(), uniqExact(toYYYYMM(month)), sum(offset) FROM sink_months"
+        ).result_rows[0]
+        assert tuple(got) == (150, 150, sum(range(150)))
+    finally:
+        ch.command("DROP TABLE IF EXISTS sink_months")

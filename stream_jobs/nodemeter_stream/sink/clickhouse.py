@@ -66,6 +66,13 @@ class Refused(NodemeterError):
 # (unknown table or column) is not among them: it is a deployment fault that every row
 # would hit, so it stalls, loudly, rather than dead-letter the whole stream.
 PERMANENT_CODES = frozenset({6, 26, 27, 38, 41, 43, 53, 69, 70, 72, 117, 321, 386, 407})
+# Every insert's settings. A batch of valid events can span more than the 100 months
+# (partitions) ClickHouse accepts in one block by default, say a backfill of old usage;
+# the insert then fails with TOO_MANY_PARTS (252) on every retry and the stream stalls
+# behind it. Valid event times (2000-2200) bound a block to 2,400 months, so no limit is
+# needed; each month's part keeps the block's deduplication token (with its index), so
+# a replay still stores nothing twice (tests/integration/test_sink_refused.py).
+INSERT_SETTINGS: dict[str, Any] = {"max_partitions_per_insert_block": 0}
 _CODE = re.compile(r"Code: (\d+)\.")
 REJECTED = "store_rejected"
 _DEAD_LETTER_COLUMNS = (
@@ -200,7 +207,7 @@ class ClickHouseSink:
             block.table,
             [list(r) for r in block.rows],
             column_names=list(block.columns),
-            settings={"insert_deduplication_token": block.token},
+            settings={**INSERT_SETTINGS, "insert_deduplication_token": block.token},
         )
 
     async def write(self, blocks: Iterable[Block]) -> None:
