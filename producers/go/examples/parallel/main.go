@@ -2,6 +2,8 @@
 //
 //	NODEMETER_KAFKA_BOOTSTRAP=127.0.0.1:19092 go run ./examples/parallel TOPIC REQUEST_ID
 //
+// The connection comes from the environment (nodemeter.ConfigFromEnv: the
+// bootstrap, TLS and SASL as for the Python SDK); TOPIC replaces the default.
 // tests/integration/test_go_sdk.py runs it and reads the records back.
 package main
 
@@ -10,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	nodemeter "github.com/nodemeter/nodemeter/producers/go"
@@ -27,10 +28,12 @@ func run() error {
 	if len(os.Args) != 3 {
 		return fmt.Errorf("usage: parallel TOPIC REQUEST_ID")
 	}
-	meter, err := nodemeter.New(nodemeter.Config{
-		Brokers: strings.Split(os.Getenv("NODEMETER_KAFKA_BOOTSTRAP"), ","),
-		Topic:   os.Args[1],
-	})
+	cfg, err := nodemeter.ConfigFromEnv()
+	if err != nil {
+		return err
+	}
+	cfg.Topic = os.Args[1]
+	meter, err := nodemeter.New(cfg)
 	if err != nil {
 		return err
 	}
