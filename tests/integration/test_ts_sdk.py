@@ -1,24 +1,37 @@
-"""The TypeScript SDK (producers/ts): its own tests, then a request with parallel branches
-sent to the real broker and read back with the worker's decoder, field by field."""
+"""The TypeScript SDK (producers/ts): its own tests; a request with parallel branches sent
+to the real broker, read back with the worker's decoder field by field, then merged and
+priced by the real worker into chDB; and an outage: records spooled while the broker is
+unreachable reach it exactly once afterwards, from the next run and from the same process.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
 import zlib
+from collections import Counter, defaultdict
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
+from worker_harness import WorkerProcess, query, wait_caught_up
 
 from nodemeter.events import RequestEnd, UsageEvent
 from nodemeter_stream.ingest.decode import Accepted, Source, classify
+from nodemeter_stream.pricing import load_config
+from nodemeter_stream.pricing.book import EXAMPLES_DIR, ChargeModel, Rate
+from nodemeter_stream.topics import Topics, ensure_topics
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 
 TS = Path(__file__).resolve().parents[2] / "producers" / "ts"
 NODE = shutil.which("node")
@@ -76,8 +89,68 @@ def _consume(bootstrap: str, topic: str, n: int, timeout: float = 30.0) -> list[
     return out
 
 
-def test_parallel_request_reads_back_exactly(
-    built: Path, kafka_bootstrap: str, topics: Any
+# acme on the default book at list prices: no credit grant, so each line is rate x quantity
+TENANTS_YAML = """
+defaults:
+  price_book: default
+  time_zone: UTC
+  billing_window: month
+tenants:
+  acme:
+    price_book: default
+    time_zone: UTC
+    billing_window: month
+"""
+
+
+def _price_books(tmp_path: Path) -> Path:
+    books = tmp_path / "books"
+    books.mkdir()
+    shutil.copy(EXAMPLES_DIR / "default.yaml", books / "default.yaml")
+    (books / "tenants.yaml").write_text(TENANTS_YAML)
+    return books
+
+
+def _charge(rate: Rate, total: int) -> Decimal:
+    """What a window total of one meter costs (the charge models this traffic meets)."""
+    paid = max(total - rate.included_units, 0)
+    if rate.charge is ChargeModel.FLAT:
+        return rate.unit_price * paid
+    assert rate.charge is ChargeModel.PACKAGE, rate
+    return rate.package_price * (-(-paid // rate.package_size))
+
+
+def _expected_lines(books: Path, usage: list[UsageEvent]) -> dict[tuple[str, str], Decimal]:
+    """Amount per (node, meter) from the book's rates, computed here from the decoded events."""
+    cfg = load_config(books)
+    plan = cfg.plan_for("acme")
+    per_node: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    window: dict[str, tuple[Rate, int]] = {}
+    for u in usage:
+        for meter, q in u.meters.quantities().items():
+            found = cfg.resolve(
+                plan.price_book,
+                meter=meter,
+                model=u.model or "",
+                provider=u.provider or "",
+                gpu_type=u.meters.gpu_type if meter == "gpu_ms" else "",
+                at=u.event_time,
+            )
+            assert found is not None, (u.node_id, meter)
+            _, rate = found
+            if rate.charge is ChargeModel.FLAT:
+                per_node[(u.node_id, meter)] += rate.unit_price * q
+            else:  # package: priced on the window's total; here inside the included units
+                rate0, total = window.get(meter, (rate, 0))
+                window[meter] = (rate0, total + q)
+                per_node[(u.node_id, meter)] += Decimal(0)
+    for meter, (rate, total) in window.items():
+        assert total <= rate.included_units and _charge(rate, total) == 0, (meter, total)
+    return dict(per_node)
+
+
+def test_parallel_request_reads_back_merges_and_prices_exactly(
+    built: Path, kafka_bootstrap: str, topics: Any, tmp_path: Path
 ) -> None:
     assert NODE is not None
     request_id = uuid.uuid4().hex
@@ -149,3 +222,231 @@ def test_parallel_request_reads_back_exactly(
         "map-reduce",
     )
     assert end.event_id == _h("acme", request_id, "__end__", "0", n=32)
+
+    # The worker merges the request and prices it: exact rows in chDB, nothing dead-lettered.
+    books = _price_books(tmp_path)
+    expected = _expected_lines(books, usage)
+    w = WorkerProcess(
+        bootstrap=kafka_bootstrap,
+        topic_prefix=topics.prefix,
+        chdb_path=tmp_path / "chdb",
+        log_path=tmp_path / "worker.log",
+        extra=("--agents", "ingest,pricing"),
+        env={"NODEMETER_PRICEBOOKS": str(books)},
+    )
+    w.start()
+    try:
+        # ingest acks a batch only once its forwards are on the usage-by-tenant topic
+        wait_caught_up(kafka_bootstrap, w.app_id, topics.usage, worker=w)
+        wait_caught_up(kafka_bootstrap, w.app_id, topics.usage_by_tenant, worker=w)
+        time.sleep(1.5)
+    finally:
+        assert w.stop() == 0, w.log()[-3000:]
+    total = {
+        f: sum(getattr(u.meters, f) for u in usage)
+        for f in ("input_tokens", "output_tokens", "cached_input_tokens", "cpu_ms", "api_calls")
+    }
+    assert total == {  # what the example records
+        "input_tokens": 300,
+        "output_tokens": 30,
+        "cached_input_tokens": 3,
+        "cpu_ms": 3,
+        "api_calls": 2,
+    }
+    recs = query(
+        w.url,
+        w.database,
+        "SELECT request_id, complete, expected_spans, spans_seen, root_span_id, status, "
+        "input_tokens, output_tokens, cached_input_tokens, cpu_ms, api_calls "
+        "FROM request_records FINAL",
+    )
+    assert recs == [[request_id, 1, 4, 4, root, "OK", *total.values()]]
+    nodes = query(
+        w.url,
+        w.database,
+        "SELECT node_id, events, input_tokens, output_tokens, cached_input_tokens, cpu_ms, "
+        "api_calls FROM request_nodes FINAL ORDER BY node_id",
+    )
+    want_nodes: dict[str, list[int]] = {}
+    for u in usage:
+        row = want_nodes.setdefault(u.node_id, [0] * 6)
+        m = u.meters
+        for i, v in enumerate(
+            (1, m.input_tokens, m.output_tokens, m.cached_input_tokens, m.cpu_ms, m.api_calls)
+        ):
+            row[i] += v
+    assert nodes == [[n, *v] for n, v in sorted(want_nodes.items())]
+    assert want_nodes["llm.summarize"][:2] == [2, 300]  # both branches merged into one node
+
+    lines = query(
+        w.url,
+        w.database,
+        "SELECT node_id, meter, request_id, line_kind, count(), toString(sum(quantity)), "
+        "toString(sum(amount)), any(currency) FROM priced_lines FINAL "
+        "GROUP BY node_id, meter, request_id, line_kind ORDER BY node_id, meter",
+    )
+    amounts = {(n, m): Decimal(a) for n, m, *_, a, _cur in lines}
+    assert amounts == expected
+    assert {(r, k, c) for _, _, r, k, _, _, _, c in lines} == {(request_id, "usage", "USD")}
+    qty = {(n, m): int(q) for n, m, _, _, _, q, _, _ in lines}
+    assert qty == {
+        (u.node_id, m): sum(
+            x.meters.quantities().get(m, 0) for x in usage if x.node_id == u.node_id
+        )
+        for u in usage
+        for m in u.meters.quantities()
+    }
+    assert sum(expected.values()) > 0
+    (dups,) = query(w.url, w.database, "SELECT count() = uniqExact(line_id) FROM priced_lines")
+    assert dups[0] in (1, True), "a priced line was inserted twice"
+    per_node = query(
+        w.url,
+        w.database,
+        "SELECT node_id, toString(sum(amount)) FROM request_node_costs "
+        f"WHERE request_id = '{request_id}' GROUP BY node_id ORDER BY node_id",
+    )
+    cost_by_node: dict[str, Decimal] = defaultdict(Decimal)
+    for (node, _), amount in expected.items():
+        cost_by_node[node] += amount
+    assert {n: Decimal(a) for n, a in per_node} == dict(cost_by_node)
+    (dead,) = query(w.url, w.database, "SELECT count() FROM dead_letters")
+    assert dead == [0]
+
+
+# --- outage: the broker unreachable, the records spooled, then delivered exactly once --------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _outage_js(*args: str, bootstrap: str, spool: Path) -> subprocess.Popen[str]:
+    assert NODE is not None
+    env = {
+        **os.environ,
+        "NODEMETER_KAFKA_BOOTSTRAP": bootstrap,
+        "NODEMETER_SPOOL_DIR": str(spool),
+    }
+    return subprocess.Popen(
+        [NODE, "examples/outage.js", *args],
+        cwd=TS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _run_js(*args: str, bootstrap: str, spool: Path) -> dict[str, int]:
+    proc = _outage_js(*args, bootstrap=bootstrap, spool=spool)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-4000:]
+    stats: dict[str, int] = json.loads(out.strip().splitlines()[-1])
+    return stats
+
+
+def _spooled(spool: Path) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) of every record in the TS spool files."""
+    out = []
+    for f in sorted((spool / "ts").glob("*.spool")):
+        assert f.stat().st_mode & 0o077 == 0  # records name tenants: owner only
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            out.append((r["t"], base64.b64decode(r["k"]), base64.b64decode(r["v"])))
+    return out
+
+
+def _check_exactly_once(
+    bootstrap: str, topic: str, partitions: int, spooled: list[tuple[str, bytes, bytes]]
+) -> None:
+    msgs = _consume(bootstrap, topic, len(spooled), timeout=60)
+    assert len(msgs) == len(spooled)  # _consume waits a second more: no late copies
+    assert sorted((m.topic(), m.key(), m.value()) for m in msgs) == sorted(spooled)
+    ids: Counter[str] = Counter()
+    for m in msgs:
+        assert m.partition() == zlib.crc32(m.key()) % partitions
+        got = classify(
+            m.value(),
+            key=m.key(),
+            source=Source(topic=m.topic(), partition=m.partition(), offset=m.offset()),
+        )
+        assert isinstance(got, Accepted), got
+        ids[got.record.event_id] += 1
+    assert len(ids) == len(spooled) and set(ids.values()) == {1}
+
+
+N_REQUESTS = 25  # one usage event and one request end each
+
+
+def test_unreachable_broker_spools_and_the_next_run_delivers_once(
+    built: Path, kafka_bootstrap: str, topics: Any, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    closed = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    first = _run_js("emit", topics.usage, str(N_REQUESTS), bootstrap=closed, spool=spool)
+    want = 2 * N_REQUESTS
+    assert (first["produced"], first["delivered"], first["spooled"], first["failed"]) == (
+        want,
+        0,
+        want,
+        0,
+    )
+    assert first["left"] >= 1
+    spooled = _spooled(spool)
+    assert len(spooled) == want and {t for t, _, _ in spooled} == {topics.usage}
+    assert {k for _, k, _ in spooled} == {f"acme/ts-outage-{i}".encode() for i in range(N_REQUESTS)}
+
+    # the next run, with the broker reachable, replays the spool and empties it
+    second = _run_js("replay", topics.usage, bootstrap=kafka_bootstrap, spool=spool)
+    assert (second["sent"], second["replayed"], second["left"]) == (want, want, 0), second
+    assert list((spool / "ts").iterdir()) == []
+    # a run after that finds nothing to send
+    third = _run_js("replay", topics.usage, bootstrap=kafka_bootstrap, spool=spool)
+    assert (third["sent"], third["left"]) == (0, 0), third
+    _check_exactly_once(kafka_bootstrap, topics.usage, topics.partitions, spooled)
+
+
+def test_broker_coming_up_later_gets_the_spool_from_the_same_process(
+    built: Path, tmp_path: Path
+) -> None:
+    """The process emits while its broker is not up yet and stays up: its replay timer
+    sends the spool once the broker (a dedicated one, started late) and its topics exist."""
+    from nodemeter_stream.devenv import kafka
+
+    cfg = kafka.KafkaDevConfig(
+        port=_free_port(), controller_port=_free_port(), home=tmp_path / "kafka"
+    )
+    bootstrap = f"127.0.0.1:{cfg.port}"
+    topics = Topics(prefix=f"o{uuid.uuid4().hex[:8]}.")
+    spool = tmp_path / "spool"
+    want = 2 * N_REQUESTS
+    proc = _outage_js(
+        "emit", topics.usage, str(N_REQUESTS), "240000", bootstrap=bootstrap, spool=spool
+    )
+    try:
+        assert proc.stdout is not None
+        spooled_line = json.loads(proc.stdout.readline())  # printed once flush() settled
+        assert (spooled_line["delivered"], spooled_line["spooled"]) == (0, want), spooled_line
+        spooled = _spooled(spool)
+        assert len(spooled) == want
+        up = kafka.up(cfg)
+        assert up == bootstrap or up.endswith(f":{cfg.port}"), up
+        ensure_topics(up, topics)
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-4000:]
+        stats = json.loads(out.strip().splitlines()[-1])
+        assert (stats["delivered"], stats["spooled"], stats["replayed"], stats["left"]) == (
+            0,
+            want,
+            want,
+            0,
+        ), stats
+        assert list((spool / "ts").iterdir()) == []
+        _check_exactly_once(up, topics.usage, topics.partitions, spooled)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        kafka.down(cfg)

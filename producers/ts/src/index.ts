@@ -4,5 +4,5 @@ export * from "./integrations";
 export { Meter, Span, PRODUCER_NAME, VERSION } from "./meter";
 export type { MeterOptions, NodeOptions, RecordOptions, RequestOptions, Transport } from "./meter";
 export { KafkaTransport, crc32Partitioner, defaultSpoolDir } from "./kafka";
-export type { KafkaTransportOptions, TransportStats } from "./kafka";
+export type { Compression, KafkaTransportOptions, TransportStats } from "./kafka";
 export { MemoryTransport } from "./memory";

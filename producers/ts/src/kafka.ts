@@ -1,14 +1,18 @@
 /**
  * The Kafka transport: kafkajs, idempotent with acks=all, a CRC32 partitioner (librdkafka's
- * consistent_random, docs/wire.md), records batched for `lingerMs`, and a durable spool for
- * what Kafka did not take. Sends are in order (one request in flight), so a request's end
- * follows its usage events on their partition.
+ * consistent_random, docs/wire.md), records batched for `lingerMs` and compressed (gzip by
+ * default), and a durable spool for what Kafka did not take, replayed on a timer, on
+ * `replay()` and by the next process that uses the same spool folder. Sends are in order
+ * (one request in flight), so a request's end follows its usage events on their partition.
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { Kafka, logLevel, type Message, type Producer, type ICustomPartitioner } from "kafkajs";
-import { DeliveryError } from "./errors";
+import {
+  CompressionCodecs, CompressionTypes, Kafka, logLevel,
+  type Message, type Producer, type ICustomPartitioner,
+} from "kafkajs";
+import { ConfigError, DeliveryError } from "./errors";
 import type { Transport } from "./meter";
 import { partitionFor } from "./wire";
 
@@ -20,14 +24,42 @@ export const crc32Partitioner: ICustomPartitioner = () => ({ partitionMetadata, 
   return partitionFor(bytes, partitionMetadata.length);
 };
 
+/** Batch compression. kafkajs ships gzip; the others need a codec registered on its CompressionCodecs. */
+export type Compression = "none" | "gzip" | "snappy" | "lz4" | "zstd";
+const COMPRESSION_TYPES: Record<Compression, CompressionTypes> = {
+  none: CompressionTypes.None, gzip: CompressionTypes.GZIP, snappy: CompressionTypes.Snappy,
+  lz4: CompressionTypes.LZ4, zstd: CompressionTypes.ZSTD,
+};
+
+function compressionType(name: Compression): CompressionTypes {
+  const type = COMPRESSION_TYPES[name];
+  if (type === undefined) {
+    throw new ConfigError(`compression must be one of ${Object.keys(COMPRESSION_TYPES).join(", ")}`);
+  }
+  if (type !== CompressionTypes.None) {
+    try {
+      (CompressionCodecs as Record<number, () => unknown>)[type]!();
+    } catch (err) {
+      throw new ConfigError(`compression ${name}: kafkajs has no codec for it (register one on kafkajs' ` +
+        `CompressionCodecs[CompressionTypes.${CompressionTypes[type]}] first, e.g. from kafkajs-lz4 or ` +
+        `@kafkajs/zstd; gzip is built in): ${String(err)}`);
+    }
+  }
+  return type;
+}
+
 export interface KafkaTransportOptions {
   /** Default NODEMETER_KAFKA_BOOTSTRAP, else 127.0.0.1:19092 (comma-separated). */
   brokers?: string[];
   clientId?: string;
   lingerMs?: number;
   maxBatch?: number;
+  /** Batch compression; default "gzip" (kafkajs' built-in codec; the Python SDK uses lz4). */
+  compression?: Compression;
   /** Records Kafka did not take go here; null: none (they are counted as failed). */
   spoolDir?: string | null;
+  /** How often a non-empty spool is replayed while the process runs; default 5000 ms. */
+  replayIntervalMs?: number;
   /** How long one send may retry before its records are spooled. */
   deliveryTimeoutMs?: number;
 }
@@ -52,32 +84,78 @@ export function defaultSpoolDir(): string {
   return base ? path.join(base, "ts") : path.join(os.homedir(), ".local", "state", "nodemeter", "spool-ts");
 }
 
+const SPOOL = ".spool";
+const REPLAYING = /^(.*\.spool)\.(\d+)\.replaying$/;
+
+function alive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, "r");
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 export class KafkaTransport implements Transport {
   readonly stats: TransportStats = { produced: 0, delivered: 0, spooled: 0, replayed: 0, failed: 0 };
-  private readonly producer: Producer;
+  private readonly kafka: Kafka;
+  private readonly deliveryTimeoutMs: number;
+  private producer: Producer;
   private readonly lingerMs: number;
   private readonly maxBatch: number;
+  private readonly compression: CompressionTypes;
   private readonly spoolDir: string | null;
   private queue: Pending[] = [];
   private timer: NodeJS.Timeout | null = null;
+  private replayTimer: NodeJS.Timeout | null = null;
+  private replayWanted: boolean;
+  private replayError: unknown;
   private loop: Promise<void> | null = null;
   private connected: Promise<void> | null = null;
   private lastError: unknown;
 
   constructor(options: KafkaTransportOptions = {}) {
     const brokers = options.brokers ?? (process.env.NODEMETER_KAFKA_BOOTSTRAP ?? "127.0.0.1:19092").split(",");
-    const kafka = new Kafka({
+    this.kafka = new Kafka({
       clientId: options.clientId ?? "nodemeter-sdk-ts", brokers, logLevel: logLevel.NOTHING,
       retry: { maxRetryTime: 2_000, initialRetryTime: 100, retries: 5 },
     });
-    this.producer = kafka.producer({
-      idempotent: true, maxInFlightRequests: 1, createPartitioner: crc32Partitioner,
-      allowAutoTopicCreation: false,
-      transactionTimeout: options.deliveryTimeoutMs ?? 30_000,
-    });
+    this.deliveryTimeoutMs = options.deliveryTimeoutMs ?? 30_000;
+    this.producer = this.newProducer();
     this.lingerMs = options.lingerMs ?? 5;
     this.maxBatch = options.maxBatch ?? 10_000;
+    this.compression = compressionType(options.compression ?? "gzip");
     this.spoolDir = options.spoolDir === undefined ? defaultSpoolDir() : options.spoolDir;
+    const every = options.replayIntervalMs ?? 5_000;
+    if (!(every >= 50 && every <= 3_600_000)) throw new ConfigError("replayIntervalMs must be 50..3600000");
+    // what an earlier run left in the spool goes out with the first send, or on the timer
+    this.replayWanted = this.spoolDir !== null;
+    if (this.spoolDir !== null) {
+      this.replayTimer = setInterval(() => {
+        if (this.spooledFiles() > 0) {
+          this.replayWanted = true;
+          void this.drain();
+        }
+      }, every);
+      this.replayTimer.unref(); // never keeps the process alive
+    }
+  }
+
+  private newProducer(): Producer {
+    return this.kafka.producer({
+      idempotent: true, maxInFlightRequests: 1, createPartitioner: crc32Partitioner,
+      allowAutoTopicCreation: false, transactionTimeout: this.deliveryTimeoutMs,
+    });
   }
 
   send(topic: string, key: Buffer, value: Buffer): void {
@@ -90,14 +168,26 @@ export class KafkaTransport implements Transport {
 
   private connect(): Promise<void> {
     if (this.connected === null) {
-      this.connected = this.producer.connect().then(async () => {
-        await this.replay();
+      this.connected = this.producer.connect().then(() => {
+        this.replayWanted = this.spoolDir !== null;
       }, (err: unknown) => {
         this.connected = null;
         throw err;
       });
     }
     return this.connected;
+  }
+
+  /**
+   * After a failed send, a fresh producer (a new producer id): with the old one, a batch
+   * the broker wrote although its ack was lost would share sequence numbers with the next
+   * batch, which the broker would then drop as a duplicate.
+   */
+  private async resetProducer(): Promise<void> {
+    const old = this.producer;
+    this.producer = this.newProducer();
+    this.connected = null;
+    await old.disconnect().catch(() => undefined);
   }
 
   private async sendBatch(batch: Pending[]): Promise<void> {
@@ -107,9 +197,16 @@ export class KafkaTransport implements Transport {
       if (!msgs) byTopic.set(p.topic, (msgs = []));
       msgs.push({ key: p.key, value: p.value });
     }
-    await this.producer.sendBatch({
-      acks: -1, topicMessages: [...byTopic.entries()].map(([topic, messages]) => ({ topic, messages })),
-    });
+    await this.connect();
+    try {
+      await this.producer.sendBatch({
+        acks: -1, compression: this.compression,
+        topicMessages: [...byTopic.entries()].map(([topic, messages]) => ({ topic, messages })),
+      });
+    } catch (err) {
+      await this.resetProducer();
+      throw err;
+    }
   }
 
   private drain(): Promise<void> {
@@ -119,10 +216,19 @@ export class KafkaTransport implements Transport {
     }
     this.loop ??= (async () => {
       try {
-        while (this.queue.length > 0) {
+        while (this.queue.length > 0 || this.replayWanted) {
+          if (this.replayWanted) {
+            this.replayWanted = false;
+            try {
+              await this.replaySpool();
+              this.replayError = undefined;
+            } catch (err) {
+              this.replayError = err; // left in the spool: the timer tries again
+            }
+            continue;
+          }
           const batch = this.queue.splice(0, this.maxBatch);
           try {
-            await this.connect();
             await this.sendBatch(batch);
             this.stats.delivered += batch.length;
           } catch (err) {
@@ -144,10 +250,11 @@ export class KafkaTransport implements Transport {
       return;
     }
     try {
-      fs.mkdirSync(this.spoolDir, { recursive: true });
-      const file = path.join(this.spoolDir, `${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}.spool`);
+      fs.mkdirSync(this.spoolDir, { recursive: true, mode: 0o700 });
+      const file = path.join(this.spoolDir,
+        `${Date.now().toString().padStart(15, "0")}-${process.pid}-${Math.random().toString(36).slice(2)}${SPOOL}`);
       const lines = batch.map((p) => JSON.stringify({ t: p.topic, k: p.key.toString("base64"), v: p.value.toString("base64") }));
-      const fd = fs.openSync(file + ".tmp", "w");
+      const fd = fs.openSync(file + ".tmp", "w", 0o600);
       try {
         fs.writeSync(fd, lines.join("\n") + "\n");
         fs.fsyncSync(fd);
@@ -155,6 +262,7 @@ export class KafkaTransport implements Transport {
         fs.closeSync(fd);
       }
       fs.renameSync(file + ".tmp", file);
+      fsyncDir(this.spoolDir); // the rename itself survives a power cut
       this.stats.spooled += batch.length;
     } catch (err) {
       this.stats.failed += batch.length;
@@ -162,23 +270,67 @@ export class KafkaTransport implements Transport {
     }
   }
 
-  /** Send what the spool holds (same bytes: the worker drops what already arrived). */
-  async replay(): Promise<number> {
+  /** Spool files waiting for replay (a crashed process's claimed ones included). */
+  spooledFiles(): number {
     const dir = this.spoolDir;
     if (dir === null || !fs.existsSync(dir)) return 0;
-    let sent = 0;
-    for (const name of fs.readdirSync(dir).filter((n) => n.endsWith(".spool")).sort()) {
+    return fs.readdirSync(dir).filter((n) => n.endsWith(SPOOL) || REPLAYING.test(n)).length;
+  }
+
+  /**
+   * Send what the spool holds now, in the order it was written (same bytes: the worker
+   * drops what already arrived); resolves to the number of records sent, rejects (files
+   * kept) when Kafka does not take them. Runs in turn with the sends of new records.
+   */
+  async replay(): Promise<number> {
+    while (this.loop !== null) await this.loop;
+    const before = this.stats.replayed;
+    this.replayWanted = false;
+    this.loop = this.replaySpool().finally(() => {
+      this.loop = null;
+    });
+    try {
+      await this.loop;
+    } finally {
+      if (this.queue.length > 0) void this.drain();
+    }
+    return this.stats.replayed - before;
+  }
+
+  private async replaySpool(): Promise<void> {
+    const dir = this.spoolDir;
+    if (dir === null || !fs.existsSync(dir)) return;
+    for (const name of fs.readdirSync(dir)) { // claimed by a process that died: take it back
+      const m = REPLAYING.exec(name);
+      if (m && !alive(Number(m[2]))) {
+        try {
+          fs.renameSync(path.join(dir, name), path.join(dir, m[1]!));
+        } catch {
+          // another process took it back first
+        }
+      }
+    }
+    for (const name of fs.readdirSync(dir).filter((n) => n.endsWith(SPOOL)).sort()) {
       const file = path.join(dir, name);
-      const claimed = file + `.${process.pid}.replaying`;
+      const claimed = `${file}.${process.pid}.replaying`;
       try {
         fs.renameSync(file, claimed); // another process may have taken it
       } catch {
         continue;
       }
-      const batch: Pending[] = fs.readFileSync(claimed, "utf8").split("\n").filter(Boolean).map((line) => {
-        const r = JSON.parse(line) as { t: string; k: string; v: string };
-        return { topic: r.t, key: Buffer.from(r.k, "base64"), value: Buffer.from(r.v, "base64") };
-      });
+      let batch: Pending[];
+      try {
+        batch = fs.readFileSync(claimed, "utf8").split("\n").filter(Boolean).map((line) => {
+          const r = JSON.parse(line) as { t: string; k: string; v: string };
+          return { topic: r.t, key: Buffer.from(r.k, "base64"), value: Buffer.from(r.v, "base64") };
+        });
+      } catch (err) { // written whole and renamed into place, so only outside damage gets here
+        const q = path.join(dir, "quarantine");
+        fs.mkdirSync(q, { recursive: true, mode: 0o700 });
+        fs.renameSync(claimed, path.join(q, name + ".damaged"));
+        console.error(`nodemeter: spool file ${name} unreadable, moved to ${q}:`, err);
+        continue;
+      }
       try {
         await this.sendBatch(batch);
       } catch (err) {
@@ -186,10 +338,8 @@ export class KafkaTransport implements Transport {
         throw err;
       }
       fs.unlinkSync(claimed);
-      sent += batch.length;
       this.stats.replayed += batch.length;
     }
-    return sent;
   }
 
   async flush(timeoutMs: number): Promise<void> {
@@ -199,7 +349,7 @@ export class KafkaTransport implements Transport {
     });
     try {
       await Promise.race([(async () => {
-        while (this.queue.length > 0 || this.loop !== null) await this.drain();
+        while (this.queue.length > 0 || this.loop !== null) await (this.loop ?? this.drain());
       })(), timeout]);
     } finally {
       clearTimeout(timer);
@@ -207,6 +357,8 @@ export class KafkaTransport implements Transport {
   }
 
   async close(timeoutMs: number): Promise<void> {
+    if (this.replayTimer !== null) clearInterval(this.replayTimer);
+    this.replayTimer = null;
     try {
       await this.flush(timeoutMs);
     } finally {
@@ -217,5 +369,10 @@ export class KafkaTransport implements Transport {
   /** The last delivery error (records then went to the spool). */
   get error(): unknown {
     return this.lastError;
+  }
+
+  /** Why the last replay left records in the spool (undefined after one that emptied it). */
+  get replayFailure(): unknown {
+    return this.replayError;
   }
 }

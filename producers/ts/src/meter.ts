@@ -29,6 +29,8 @@ export interface Transport {
   /** Resolve once every record taken so far is acknowledged or spooled. */
   flush(timeoutMs: number): Promise<void>;
   close(timeoutMs: number): Promise<void>;
+  /** Send what an earlier failure left in the spool; resolves to the records sent. */
+  replay?(): Promise<number>;
 }
 
 export interface MeterOptions {
@@ -445,6 +447,17 @@ export class Meter {
   /** Resolve once everything emitted so far is acknowledged by Kafka or spooled. */
   async flush(timeoutMs = 10_000): Promise<void> {
     if (this.transportValue) await this.transportValue.flush(timeoutMs);
+  }
+
+  /**
+   * Send the spool now (records an earlier outage, in this process or an earlier one, left
+   * there); resolves to how many went out, rejects when Kafka still does not take them.
+   * The Kafka transport also does this on its own: on connect and every replayIntervalMs.
+   */
+  async replay(): Promise<number> {
+    if (this.closed) throw new NodemeterError("the meter is closed");
+    const t = this.transport;
+    return t.replay ? t.replay() : 0;
   }
 
   /** Flush and disconnect; later emits throw. */

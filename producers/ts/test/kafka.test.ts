@@ -1,0 +1,50 @@
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { CompressionCodecs, CompressionTypes } from "kafkajs";
+import { ConfigError, KafkaTransport } from "../src/index";
+
+// No broker here: these transports are never connected (tests/integration/test_ts_sdk.py
+// runs the real one, outage included).
+
+test("compression: gzip by default and none accepted; lz4 without a registered codec is refused", async () => {
+  await new KafkaTransport({ spoolDir: null }).close(100);
+  await new KafkaTransport({ spoolDir: null, compression: "none" }).close(100);
+  for (const name of ["lz4", "zstd", "snappy"] as const) {
+    assert.throws(() => new KafkaTransport({ spoolDir: null, compression: name }),
+      (err: unknown) => err instanceof ConfigError && err.message.includes("CompressionCodecs"));
+  }
+  assert.throws(() => new KafkaTransport({ spoolDir: null, compression: "brotli" as never }), ConfigError);
+});
+
+test("compression: a codec registered on kafkajs is taken", async () => {
+  const codecs = CompressionCodecs as Record<number, () => unknown>;
+  const before = codecs[CompressionTypes.LZ4]!;
+  codecs[CompressionTypes.LZ4] = () => ({ compress: async () => Buffer.alloc(0), decompress: async () => Buffer.alloc(0) });
+  try {
+    await new KafkaTransport({ spoolDir: null, compression: "lz4" }).close(100);
+  } finally {
+    codecs[CompressionTypes.LZ4] = before;
+  }
+});
+
+test("replayIntervalMs is bounded", () => {
+  assert.throws(() => new KafkaTransport({ spoolDir: null, replayIntervalMs: 0 }), ConfigError);
+  assert.throws(() => new KafkaTransport({ spoolDir: null, replayIntervalMs: 4_000_000 }), ConfigError);
+});
+
+test("spooledFiles counts waiting files and ones a dead process had claimed", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "nm-spool-"));
+  try {
+    fs.writeFileSync(path.join(dir, "000000000000001-1-a.spool"), "");
+    fs.writeFileSync(path.join(dir, "000000000000002-1-b.spool.999999999.replaying"), "");
+    fs.writeFileSync(path.join(dir, "000000000000003-1-c.spool.tmp"), ""); // not renamed yet: not counted
+    const t = new KafkaTransport({ spoolDir: dir });
+    assert.equal(t.spooledFiles(), 2);
+    await t.close(100);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
