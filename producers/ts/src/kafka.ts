@@ -53,7 +53,14 @@ export interface KafkaTransportOptions {
   brokers?: string[];
   clientId?: string;
   lingerMs?: number;
+  /** Records per produce request; default 10000. */
   maxBatch?: number;
+  /**
+   * Uncompressed bytes per produce request (keys, values and 40 bytes of framing a record);
+   * default 900000, under the broker's default max.message.bytes (1 MiB) for a batch that
+   * lands on one partition, compressed or not.
+   */
+  maxBatchBytes?: number;
   /** Batch compression; default "gzip" (kafkajs' built-in codec; the Python SDK uses lz4). */
   compression?: Compression;
   /** Records Kafka did not take go here; null: none (they are counted as failed). */
@@ -85,6 +92,25 @@ export function defaultSpoolDir(): string {
 }
 
 const SPOOL = ".spool";
+const RECORD_OVERHEAD = 40; // a record's framing in a v2 record batch, generously
+
+function spoolLines(batch: Pending[]): string {
+  return batch.map((p) => JSON.stringify({ t: p.topic, k: p.key.toString("base64"), v: p.value.toString("base64") }) + "\n")
+    .join("");
+}
+
+/** Write `data` to `file` durably: a temporary file, fsynced, renamed into place, folder fsynced. */
+function writeDurably(file: string, data: string): void {
+  const fd = fs.openSync(file + ".tmp", "w", 0o600);
+  try {
+    fs.writeSync(fd, data);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(file + ".tmp", file);
+  fsyncDir(path.dirname(file)); // the rename itself survives a power cut
+}
 const REPLAYING = /^(.*\.spool)\.(\d+)\.replaying$/;
 
 function alive(pid: number): boolean {
@@ -113,6 +139,7 @@ export class KafkaTransport implements Transport {
   private producer: Producer;
   private readonly lingerMs: number;
   private readonly maxBatch: number;
+  private readonly maxBatchBytes: number;
   private readonly compression: CompressionTypes;
   private readonly spoolDir: string | null;
   private queue: Pending[] = [];
@@ -134,6 +161,9 @@ export class KafkaTransport implements Transport {
     this.producer = this.newProducer();
     this.lingerMs = options.lingerMs ?? 5;
     this.maxBatch = options.maxBatch ?? 10_000;
+    this.maxBatchBytes = options.maxBatchBytes ?? 900_000;
+    if (!(this.maxBatch >= 1)) throw new ConfigError("maxBatch must be >= 1");
+    if (!(this.maxBatchBytes >= 1)) throw new ConfigError("maxBatchBytes must be >= 1");
     this.compression = compressionType(options.compression ?? "gzip");
     this.spoolDir = options.spoolDir === undefined ? defaultSpoolDir() : options.spoolDir;
     const every = options.replayIntervalMs ?? 5_000;
@@ -190,6 +220,18 @@ export class KafkaTransport implements Transport {
     await old.disconnect().catch(() => undefined);
   }
 
+  /** How many of `records`, from `start` on, go into one produce request: at least one. */
+  private batchLength(records: ReadonlyArray<Pending>, start = 0): number {
+    let bytes = 0;
+    const most = Math.min(records.length - start, this.maxBatch);
+    for (let i = 0; i < most; i++) {
+      const r = records[start + i]!;
+      bytes += r.key.length + r.value.length + RECORD_OVERHEAD;
+      if (bytes > this.maxBatchBytes) return Math.max(i, 1);
+    }
+    return most;
+  }
+
   private async sendBatch(batch: Pending[]): Promise<void> {
     const byTopic = new Map<string, Message[]>();
     for (const p of batch) {
@@ -227,7 +269,7 @@ export class KafkaTransport implements Transport {
             }
             continue;
           }
-          const batch = this.queue.splice(0, this.maxBatch);
+          const batch = this.queue.splice(0, this.batchLength(this.queue));
           try {
             await this.sendBatch(batch);
             this.stats.delivered += batch.length;
@@ -253,16 +295,7 @@ export class KafkaTransport implements Transport {
       fs.mkdirSync(this.spoolDir, { recursive: true, mode: 0o700 });
       const file = path.join(this.spoolDir,
         `${Date.now().toString().padStart(15, "0")}-${process.pid}-${Math.random().toString(36).slice(2)}${SPOOL}`);
-      const lines = batch.map((p) => JSON.stringify({ t: p.topic, k: p.key.toString("base64"), v: p.value.toString("base64") }));
-      const fd = fs.openSync(file + ".tmp", "w", 0o600);
-      try {
-        fs.writeSync(fd, lines.join("\n") + "\n");
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
-      fs.renameSync(file + ".tmp", file);
-      fsyncDir(this.spoolDir); // the rename itself survives a power cut
+      writeDurably(file, spoolLines(batch));
       this.stats.spooled += batch.length;
     } catch (err) {
       this.stats.failed += batch.length;
@@ -331,14 +364,20 @@ export class KafkaTransport implements Transport {
         console.error(`nodemeter: spool file ${name} unreadable, moved to ${q}:`, err);
         continue;
       }
+      let done = 0;
       try {
-        await this.sendBatch(batch);
+        while (done < batch.length) {
+          const n = this.batchLength(batch, done);
+          await this.sendBatch(batch.slice(done, done + n));
+          done += n;
+          this.stats.replayed += n;
+        }
       } catch (err) {
+        if (done > 0) writeDurably(claimed, spoolLines(batch.slice(done))); // what was sent leaves the file
         fs.renameSync(claimed, file);
         throw err;
       }
       fs.unlinkSync(claimed);
-      this.stats.replayed += batch.length;
     }
   }
 

@@ -48,3 +48,15 @@ test("spooledFiles counts waiting files and ones a dead process had claimed", as
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a produce request stays under maxBatch records and maxBatchBytes", async () => {
+  const t = new KafkaTransport({ spoolDir: null, maxBatch: 100, maxBatchBytes: 10_000 });
+  const split = (t as unknown as { batchLength(r: unknown[], start?: number): number }).batchLength.bind(t);
+  const rec = (n: number) => ({ topic: "t", key: Buffer.alloc(10), value: Buffer.alloc(n) });
+  assert.equal(split(Array.from({ length: 500 }, () => rec(10))), 100); // 60 bytes each: the count limit
+  assert.equal(split(Array.from({ length: 500 }, () => rec(950))), 10); // 1000 bytes each: the byte limit
+  assert.equal(split([rec(50_000), rec(10)]), 1); // one record over the limit still goes alone
+  assert.equal(split(Array.from({ length: 15 }, () => rec(950)), 10), 5);
+  assert.throws(() => new KafkaTransport({ spoolDir: null, maxBatchBytes: 0 }), ConfigError);
+  await t.close(100);
+});
