@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 import zlib
@@ -447,6 +448,103 @@ def test_broker_coming_up_later_gets_the_spool_from_the_same_process(
         _check_exactly_once(up, topics.usage, topics.partitions, spooled)
     finally:
         if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        kafka.down(cfg)
+
+
+def _wait(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_broker_stopped_mid_traffic_then_every_event_arrives(built: Path, tmp_path: Path) -> None:
+    """As the Python SDK's outage test: a dedicated broker stops while the process keeps
+    serving requests and starts again; every event id arrives, a copy only with the same
+    bytes (a record in flight at the stop may be written and also spooled)."""
+    from nodemeter_stream.devenv import kafka
+
+    cfg = kafka.KafkaDevConfig(
+        port=_free_port(), controller_port=_free_port(), home=tmp_path / "kafka"
+    )
+    bootstrap = kafka.up(cfg)
+    topics = Topics(prefix=f"o{uuid.uuid4().hex[:8]}.")
+    spool, stop = tmp_path / "spool", tmp_path / "stop"
+    proc: subprocess.Popen[str] | None = None
+    try:
+        ensure_topics(bootstrap, topics)
+        proc = _outage_js("traffic", topics.usage, str(stop), bootstrap=bootstrap, spool=spool)
+        lines: list[dict[str, Any]] = []
+
+        def read() -> None:
+            assert proc is not None and proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(json.loads(line))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        last = lambda key: lines[-1][key] if lines else 0  # noqa: E731
+        _wait(lambda: last("delivered") >= 100, 60, "deliveries before the outage")
+        kafka.down(cfg)
+        before = last("emitted")
+        _wait(lambda: last("spooled") >= 40, 90, "records spooled during the outage")
+        kafka.up(cfg)
+        time.sleep(1.0)
+        stop.touch()
+        proc.wait(240)
+        reader.join(10)
+        err = proc.stderr.read() if proc.stderr else ""
+        assert proc.returncode == 0, err[-4000:]
+        final = lines[-1]
+        assert final.get("final") is True, final
+        assert final["emitted"] > before + 20  # the caller kept going while the broker was down
+        assert (final["failed"], final["left"]) == (0, 0), final
+        assert final["replayed"] == final["spooled"] >= 40, final
+        assert final["delivered"] + final["spooled"] == final["produced"] == 2 * final["emitted"]
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": uuid.uuid4().hex,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        consumer.subscribe([topics.usage])
+        expected = 2 * final["emitted"]
+        counts: Counter[str] = Counter()
+        payloads: dict[str, set[bytes]] = defaultdict(set)
+        requests: Counter[str] = Counter()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            msg: Any = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                got = classify(
+                    msg.value(),
+                    key=msg.key(),
+                    source=Source(
+                        topic=msg.topic(), partition=msg.partition(), offset=msg.offset()
+                    ),
+                )
+                assert isinstance(got, Accepted), got
+                if got.record.event_id not in counts:
+                    requests[got.record.request_id] += 1
+                counts[got.record.event_id] += 1
+                payloads[got.record.event_id].add(msg.value())
+            elif len(counts) >= expected:
+                break  # an idle poll after everything arrived: no late copies either
+        consumer.close()
+        assert len(counts) == expected, (len(counts), expected, final)  # nothing lost
+        assert all(len(p) == 1 for p in payloads.values())  # a copy has the same bytes
+        copies = sum(c - 1 for c in counts.values())
+        assert copies <= final["spooled"], (copies, final)
+        assert set(requests) == {f"ts-traffic-{i}" for i in range(final["emitted"])}
+        assert set(requests.values()) == {2}  # a usage event and a request end each
+    finally:
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(30)
         kafka.down(cfg)
