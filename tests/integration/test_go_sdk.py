@@ -14,6 +14,7 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,21 @@ def test_go_test_passes(emitter: Path) -> None:
         assert f"--- PASS: {name}" in out.stdout
 
 
-def _consume(bootstrap: str, topic: str, n: int, timeout: float = 30.0) -> list[Any]:
+def _consume(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    timeout: float = 30.0,
+    *,
+    security: dict[str, str] | None = None,
+) -> list[Any]:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": uuid.uuid4().hex,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            **(security or {}),
         }
     )
     consumer.subscribe([topic])
@@ -303,3 +312,120 @@ def expected_lines(tenant: str, usage: list[UsageEvent]) -> list[PricedRow]:
                         D(0), -credit, D(0), "credit", 0, gv.book, gv.version, win.window_id,
                         "USD"))  # fmt: skip
     return sorted(out)
+
+
+# --- TLS and SASL from the environment (ConfigFromEnv), on a secured broker -----------
+
+SCRAM_USER = ("alice", f"alice-{uuid.uuid4().hex[:12]}")
+PLAIN_USER = ("bob", f"bob-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="module")
+def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A dev broker of its own with a SASL_SSL listener (SCRAM and PLAIN users): its
+    SASL_SSL bootstrap and the CA that signed its certificate."""
+    for tool in ("openssl", "java"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is needed for the secured dev broker")
+    from conftest import free_port
+    from nodemeter_stream.devenv import kafka
+
+    cfg = kafka.KafkaDevConfig(
+        port=free_port(),
+        controller_port=free_port(),
+        sasl_ssl_port=free_port(),
+        home=tmp_path_factory.mktemp("kafka-secured-go"),
+        scram_users=dict([SCRAM_USER]),
+        plain_users=dict([PLAIN_USER]),
+    )
+    kafka.up(cfg)
+    try:
+        assert cfg.sasl_ssl_bootstrap is not None
+        yield cfg.sasl_ssl_bootstrap, cfg.ca_file
+    finally:
+        kafka.down(cfg)
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "user"),
+    [("SCRAM-SHA-512", SCRAM_USER), ("SCRAM-SHA-256", SCRAM_USER), ("PLAIN", PLAIN_USER)],
+)
+def test_tls_and_sasl_from_the_environment(
+    emitter: Path,
+    secured_broker: tuple[str, Path],
+    tmp_path: Path,
+    mechanism: str,
+    user: tuple[str, str],
+) -> None:
+    from nodemeter.kafka_security import CONFIG_FILE_VAR, KEYS, KafkaSecurity
+    from nodemeter_stream.topics import Topics, ensure_topics
+
+    bootstrap, ca = secured_broker
+    password_file = tmp_path / "password"
+    password_file.write_text(user[1] + "\n")
+    security = {
+        "NODEMETER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "NODEMETER_KAFKA_SASL_MECHANISM": mechanism,
+        "NODEMETER_KAFKA_SASL_USERNAME": user[0],
+        "NODEMETER_KAFKA_SASL_PASSWORD_FILE": str(password_file),
+        "NODEMETER_KAFKA_SSL_CA_FILE": str(ca),
+        "NODEMETER_KAFKA_SSL_CHECK_HOSTNAME": "true",
+    }
+    sec = KafkaSecurity.from_values(security)
+    topics = Topics(prefix=f"go{uuid.uuid4().hex[:8]}.")
+    ensure_topics(bootstrap, topics, security=sec)
+    request_id = uuid.uuid4().hex
+    base = {k: v for k, v in os.environ.items() if k not in (*KEYS, CONFIG_FILE_VAR)}
+    proc = subprocess.run(
+        [str(emitter), topics.usage, request_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**base, **security, "NODEMETER_KAFKA_BOOTSTRAP": bootstrap},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    msgs = _consume(bootstrap, topics.usage, 6, security=sec.librdkafka())
+    assert len(msgs) == 6
+    key = f"acme/{request_id}".encode()
+    assert {m.key() for m in msgs} == {key}
+    records = [_record(m) for m in msgs]  # each decodes and validates
+    assert sum(isinstance(r, RequestEnd) for r in records) == 1
+
+
+def test_wrong_password_is_refused_not_delivered(
+    emitter: Path, secured_broker: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The broker refuses the credentials: nothing is delivered, the example fails after
+    franz-go's delivery timeout (30 s) naming SASL, and the password is not printed."""
+    from nodemeter.kafka_security import CONFIG_FILE_VAR, KEYS
+
+    bootstrap, ca = secured_broker
+    wrong = "not-the-password-4711"
+    topic = f"go{uuid.uuid4().hex[:8]}.nodemeter.usage.v1"
+    base = {k: v for k, v in os.environ.items() if k not in (*KEYS, CONFIG_FILE_VAR)}
+    security = {
+        "NODEMETER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "NODEMETER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "NODEMETER_KAFKA_SASL_USERNAME": SCRAM_USER[0],
+        "NODEMETER_KAFKA_SASL_PASSWORD": wrong,
+        "NODEMETER_KAFKA_SSL_CA_FILE": str(ca),
+    }
+    bad = subprocess.run(
+        [str(emitter), topic, uuid.uuid4().hex],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**base, **security, "NODEMETER_KAFKA_BOOTSTRAP": bootstrap},
+    )
+    assert bad.returncode != 0
+    assert "SASL" in bad.stderr, bad.stderr[-3000:]
+    assert wrong not in bad.stderr + bad.stdout
+
+
+def _record(m: Any) -> UsageEvent | RequestEnd:
+    source = Source(topic=m.topic(), partition=m.partition(), offset=m.offset())
+    got = classify(m.value(), key=m.key(), source=source)
+    assert isinstance(got, Accepted), got
+    return got.record
