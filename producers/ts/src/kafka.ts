@@ -111,10 +111,13 @@ function writeDurably(file: string, data: string): void {
   fs.renameSync(file + ".tmp", file);
   fsyncDir(path.dirname(file)); // the rename itself survives a power cut
 }
-const REPLAYING = /^(.*\.spool)\.(\d+)\.replaying$/;
+// <name>.spool.<pid>-<token>.replaying: claimed by the transport <token> of process <pid>
+const REPLAYING = /^(.*\.spool)\.(\d+)(?:-([a-z0-9]+))?\.replaying$/;
+
+/** Tokens of this process's transports that are not closed. */
+const LIVE_TOKENS = new Set<string>();
 
 function alive(pid: number): boolean {
-  if (pid === process.pid) return true;
   try {
     process.kill(pid, 0);
     return true;
@@ -150,6 +153,8 @@ export class KafkaTransport implements Transport {
   private loop: Promise<void> | null = null;
   private connected: Promise<void> | null = null;
   private lastError: unknown;
+  /** Names this transport's spool claims: a pid alone is no identity (pid 1 in every container run). */
+  private readonly token = Math.random().toString(36).slice(2, 12);
 
   constructor(options: KafkaTransportOptions = {}) {
     const brokers = options.brokers ?? (process.env.NODEMETER_KAFKA_BOOTSTRAP ?? "127.0.0.1:19092").split(",");
@@ -157,6 +162,7 @@ export class KafkaTransport implements Transport {
       clientId: options.clientId ?? "nodemeter-sdk-ts", brokers, logLevel: logLevel.NOTHING,
       retry: { maxRetryTime: 2_000, initialRetryTime: 100, retries: 5 },
     });
+    LIVE_TOKENS.add(this.token);
     this.deliveryTimeoutMs = options.deliveryTimeoutMs ?? 30_000;
     this.producer = this.newProducer();
     this.lingerMs = options.lingerMs ?? 5;
@@ -335,7 +341,10 @@ export class KafkaTransport implements Transport {
     if (dir === null || !fs.existsSync(dir)) return;
     for (const name of fs.readdirSync(dir)) { // claimed by a process that died: take it back
       const m = REPLAYING.exec(name);
-      if (m && !alive(Number(m[2]))) {
+      const pid = m ? Number(m[2]) : 0;
+      // this pid under a token no transport here has: an earlier run (a container restarted
+      // as pid 1 again); another pid: dead once it no longer runs
+      if (m && (pid === process.pid ? !LIVE_TOKENS.has(m[3] ?? "") : !alive(pid))) {
         try {
           fs.renameSync(path.join(dir, name), path.join(dir, m[1]!));
         } catch {
@@ -345,7 +354,7 @@ export class KafkaTransport implements Transport {
     }
     for (const name of fs.readdirSync(dir).filter((n) => n.endsWith(SPOOL)).sort()) {
       const file = path.join(dir, name);
-      const claimed = `${file}.${process.pid}.replaying`;
+      const claimed = `${file}.${process.pid}-${this.token}.replaying`;
       try {
         fs.renameSync(file, claimed); // another process may have taken it
       } catch {
@@ -401,6 +410,7 @@ export class KafkaTransport implements Transport {
     try {
       await this.flush(timeoutMs);
     } finally {
+      LIVE_TOKENS.delete(this.token);
       if (this.connected !== null) await this.producer.disconnect();
     }
   }

@@ -60,3 +60,28 @@ test("a produce request stays under maxBatch records and maxBatchBytes", async (
   assert.throws(() => new KafkaTransport({ spoolDir: null, maxBatchBytes: 0 }), ConfigError);
   await t.close(100);
 });
+
+test("claims of a dead process, or of this pid in an earlier run (pid 1 again), are taken back", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "nm-spool-"));
+  const line = JSON.stringify({ t: "t", k: Buffer.from("acme/r").toString("base64"), v: Buffer.from("x").toString("base64") }) + "\n";
+  const other = new KafkaTransport({ spoolDir: null }); // alive in this process: its claim stays
+  const otherToken = (other as unknown as { token: string }).token;
+  const names = {
+    earlierRun: `000000000000001-1-a.spool.${process.pid}-zzzzzz.replaying`,
+    deadPid: "000000000000002-1-b.spool.999999999.replaying",
+    live: `000000000000003-1-c.spool.${process.pid}-${otherToken}.replaying`,
+  };
+  try {
+    for (const n of Object.values(names)) fs.writeFileSync(path.join(dir, n), line);
+    const t = new KafkaTransport({ spoolDir: dir, brokers: ["127.0.0.1:1"] }); // nothing listens
+    await assert.rejects(t.replay()); // the send fails: the files stay in the spool
+    assert.deepEqual(fs.readdirSync(dir).sort(), [
+      "000000000000001-1-a.spool", "000000000000002-1-b.spool", names.live,
+    ]);
+    assert.equal(t.stats.replayed, 0);
+    await t.close(100);
+  } finally {
+    await other.close(100);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
