@@ -11,8 +11,10 @@
 -- net_savings = uncached_cost - cached_cost - cache_write_premium (negative: the cache
 --   cost more than it saved). Worked example: docs/analytics.md, "Cache savings".
 -- Reads only the period: the hours wholly inside it from cost_hourly (051, 075), the
--- partial hours at its edges from priced_lines FINAL (none for a period on whole hours),
--- so any period gives the same answer as summing its lines.
+-- whole minutes of the partial hours at its edges from cost_minutely (090), and the lines
+-- of a partial minute at an edge from priced_lines, one copy per line_id (copies of a
+-- line are identical: pricing is deterministic); none for a period on whole minutes. So
+-- any period gives the same answer as summing its lines.
 SELECT
     model,
     currency,
@@ -51,14 +53,43 @@ FROM
         sumIf(quantity, meter = 'cache_write_tokens'),
         sumIf(amount, meter = 'cache_write_tokens'),
         sumIf(input_list_cost, meter = 'cache_write_tokens')
-    FROM priced_lines FINAL
+    FROM cost_minutely
     WHERE tenant = {tenant:String}
-      AND event_time >= {start:DateTime('UTC')}
-      AND event_time < {end:DateTime('UTC')}
-      AND (toStartOfHour(event_time) < {start:DateTime('UTC')}
-           OR toStartOfHour(event_time) > {end:DateTime('UTC')} - INTERVAL 1 HOUR)
+      AND minute >= {start:DateTime('UTC')}
+      AND minute <= {end:DateTime('UTC')} - INTERVAL 1 MINUTE
+      AND (toStartOfHour(minute) < {start:DateTime('UTC')}
+           OR toStartOfHour(minute) > {end:DateTime('UTC')} - INTERVAL 1 HOUR)
       AND line_kind = 'usage'
       AND meter IN ('cached_input_tokens', 'cache_write_tokens')
+    GROUP BY model, currency
+    UNION ALL
+    SELECT
+        model,
+        currency,
+        sumIf(quantity, meter = 'cached_input_tokens'),
+        sumIf(amount, meter = 'cached_input_tokens'),
+        sumIf(cache_savings, meter = 'cached_input_tokens'),
+        sumIf(quantity, meter = 'cache_write_tokens'),
+        sumIf(amount, meter = 'cache_write_tokens'),
+        sumIf(input_list_cost, meter = 'cache_write_tokens')
+    FROM
+    (
+        -- the partial minutes: [start, start rounded up to a minute) and
+        -- [end rounded down to a minute, end), both empty on whole minutes
+        SELECT line_id, meter, any(model) AS model, any(currency) AS currency,
+               any(quantity) AS quantity, any(amount) AS amount,
+               any(cache_savings) AS cache_savings, any(input_list_cost) AS input_list_cost
+        FROM priced_lines
+        WHERE tenant = {tenant:String}
+          AND event_time >= {start:DateTime('UTC')}
+          AND event_time < {end:DateTime('UTC')}
+          AND (event_time < toStartOfMinute({start:DateTime('UTC')} - INTERVAL 1 SECOND)
+                            + INTERVAL 1 MINUTE
+               OR event_time >= toStartOfMinute({end:DateTime('UTC')}))
+          AND line_kind = 'usage'
+          AND meter IN ('cached_input_tokens', 'cache_write_tokens')
+        GROUP BY line_id, meter
+    )
     GROUP BY model, currency
 )
 GROUP BY model, currency

@@ -2,7 +2,9 @@
 -- cache_savings split by node, with the same columns and rules (cache reads at the
 -- input price minus their cost, less the cache-write premium = write cost minus the same
 -- tokens at the input price, migrations 030 and 075). Its rows add up to cache_savings.
--- Reads only the period: whole hours from cost_hourly, the edges from priced_lines FINAL.
+-- Reads only the period, as cache_savings: whole hours from cost_hourly, the whole minutes
+-- of the partial hours at its edges from cost_minutely (090), the lines of a partial
+-- minute from priced_lines, one copy per line_id (none for a period on whole minutes).
 SELECT
     workflow,
     node_id,
@@ -47,14 +49,46 @@ FROM
         sumIf(quantity, meter = 'cache_write_tokens'),
         sumIf(amount, meter = 'cache_write_tokens'),
         sumIf(input_list_cost, meter = 'cache_write_tokens')
-    FROM priced_lines FINAL
+    FROM cost_minutely
     WHERE tenant = {tenant:String}
-      AND event_time >= {start:DateTime('UTC')}
-      AND event_time < {end:DateTime('UTC')}
-      AND (toStartOfHour(event_time) < {start:DateTime('UTC')}
-           OR toStartOfHour(event_time) > {end:DateTime('UTC')} - INTERVAL 1 HOUR)
+      AND minute >= {start:DateTime('UTC')}
+      AND minute <= {end:DateTime('UTC')} - INTERVAL 1 MINUTE
+      AND (toStartOfHour(minute) < {start:DateTime('UTC')}
+           OR toStartOfHour(minute) > {end:DateTime('UTC')} - INTERVAL 1 HOUR)
       AND line_kind = 'usage'
       AND meter IN ('cached_input_tokens', 'cache_write_tokens')
+    GROUP BY workflow, node_id, model, currency
+    UNION ALL
+    SELECT
+        workflow,
+        node_id,
+        model,
+        currency,
+        sumIf(quantity, meter = 'cached_input_tokens'),
+        sumIf(amount, meter = 'cached_input_tokens'),
+        sumIf(cache_savings, meter = 'cached_input_tokens'),
+        sumIf(quantity, meter = 'cache_write_tokens'),
+        sumIf(amount, meter = 'cache_write_tokens'),
+        sumIf(input_list_cost, meter = 'cache_write_tokens')
+    FROM
+    (
+        -- the partial minutes: [start, start rounded up to a minute) and
+        -- [end rounded down to a minute, end), both empty on whole minutes
+        SELECT line_id, meter, any(workflow) AS workflow, any(node_id) AS node_id,
+               any(model) AS model, any(currency) AS currency,
+               any(quantity) AS quantity, any(amount) AS amount,
+               any(cache_savings) AS cache_savings, any(input_list_cost) AS input_list_cost
+        FROM priced_lines
+        WHERE tenant = {tenant:String}
+          AND event_time >= {start:DateTime('UTC')}
+          AND event_time < {end:DateTime('UTC')}
+          AND (event_time < toStartOfMinute({start:DateTime('UTC')} - INTERVAL 1 SECOND)
+                            + INTERVAL 1 MINUTE
+               OR event_time >= toStartOfMinute({end:DateTime('UTC')}))
+          AND line_kind = 'usage'
+          AND meter IN ('cached_input_tokens', 'cache_write_tokens')
+        GROUP BY line_id, meter
+    )
     GROUP BY workflow, node_id, model, currency
 )
 GROUP BY workflow, node_id, model, currency

@@ -24,6 +24,11 @@ WITH
         SELECT tenant, currency, sum(amount) AS amount, sum(lines) AS n
         FROM cost_hourly GROUP BY tenant, currency
     ),
+    minutely AS
+    (
+        SELECT tenant, currency, sum(amount) AS amount, sum(lines) AS n
+        FROM cost_minutely GROUP BY tenant, currency
+    ),
     daily AS
     (
         SELECT tenant, currency, sum(amount) AS amount, sum(lines) AS n
@@ -53,6 +58,10 @@ WITH
                toDecimal128(l.amount, 12) AS expected, toDecimal128(r.amount, 12) AS actual
         FROM lines AS l FULL OUTER JOIN hourly AS r USING (tenant, currency)
         UNION ALL
+        SELECT 'amount: priced_lines = cost_minutely', tenant, currency,
+               toDecimal128(l.amount, 12), toDecimal128(r.amount, 12)
+        FROM lines AS l FULL OUTER JOIN minutely AS r USING (tenant, currency)
+        UNION ALL
         SELECT 'amount: priced_lines = tenant_spend_daily', tenant, currency,
                toDecimal128(l.amount, 12), toDecimal128(r.amount, 12)
         FROM lines AS l FULL OUTER JOIN daily AS r USING (tenant, currency)
@@ -68,6 +77,10 @@ WITH
         SELECT 'lines: priced_lines = cost_hourly', tenant, currency,
                toDecimal128(l.n, 12), toDecimal128(r.n, 12)
         FROM lines AS l FULL OUTER JOIN hourly AS r USING (tenant, currency)
+        UNION ALL
+        SELECT 'lines: priced_lines = cost_minutely', tenant, currency,
+               toDecimal128(l.n, 12), toDecimal128(r.n, 12)
+        FROM lines AS l FULL OUTER JOIN minutely AS r USING (tenant, currency)
         UNION ALL
         SELECT 'events: usage_events = usage_hourly', tenant, '',
                toDecimal128(l.n, 12), toDecimal128(r.n, 12)

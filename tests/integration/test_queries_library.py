@@ -187,7 +187,9 @@ def test_reconcile_all_ok(known: Any) -> None:
     assert got[("acme", "amount: priced_lines with a request = request_costs_by_start")] == D(
         "0.343125"
     )  # every acme line but the credit
-    assert len(rows) == 12  # 2 tenants x (5 money checks + 1 event check)
+    assert got[("acme", "amount: priced_lines = cost_minutely")] == D("0.342125")
+    assert got[("acme", "lines: priced_lines = cost_minutely")] == 11
+    assert len(rows) == 16  # 2 tenants x (7 money checks + 1 event check)
 
 
 def test_price_book_versions(known: Any) -> None:

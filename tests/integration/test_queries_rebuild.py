@@ -28,6 +28,10 @@ pytestmark = pytest.mark.clickhouse
 SNAPSHOTS = {
     "cost_hourly": "SELECT hour, tenant, workflow, node_id, model, meter, currency, line_kind, "
     "sum(quantity), sum(amount), sum(lines) FROM cost_hourly GROUP BY ALL ORDER BY ALL",
+    "cost_minutely": "SELECT minute, tenant, workflow, node_id, model, meter, currency, "
+    "line_kind, price_book, price_book_version, sum(quantity), sum(amount), sum(cache_savings), "
+    "sum(input_list_cost), sum(lines), min(first_event), max(last_event) FROM cost_minutely "
+    "GROUP BY ALL ORDER BY ALL",
     "tenant_spend_daily": "SELECT day, tenant, currency, line_kind, sum(amount), sum(lines) "
     "FROM tenant_spend_daily GROUP BY ALL ORDER BY ALL",
     "request_node_costs": "SELECT tenant, request_id, node_id, currency, max(workflow), "
@@ -100,17 +104,26 @@ def test_duplicate_line_is_flagged_by_reconcile_and_fixed_by_rebuild(ch: Any) ->
     bad = mismatches(ch)
     assert {(m["tenant"], m["check"]) for m in bad} == {
         ("acme", "amount: priced_lines = cost_hourly"),
+        ("acme", "amount: priced_lines = cost_minutely"),
         ("acme", "amount: priced_lines = tenant_spend_daily"),
         ("acme", "amount: priced_lines = request_node_costs"),
         ("acme", "amount: priced_lines with a request = request_costs_by_start"),
         ("acme", "lines: priced_lines = cost_hourly"),
+        ("acme", "lines: priced_lines = cost_minutely"),
     }
     assert {m["actual"] - m["expected"] for m in bad} == {D("0.025"), D(1)}
     text = summary(run_checks(ch))
     assert "MISMATCH acme USD amount: priced_lines = cost_hourly: expected 0.8421" in text
-    assert text.endswith("5 mismatch(es): run `nodemeter rebuild`")
+    assert text.endswith("7 mismatch(es): run `nodemeter rebuild`")
     rebuild(
-        ch, ["cost_hourly", "tenant_spend_daily", "request_node_costs", "request_costs_by_start"]
+        ch,
+        [
+            "cost_hourly",
+            "cost_minutely",
+            "tenant_spend_daily",
+            "request_node_costs",
+            "request_costs_by_start",
+        ],
     )
     assert mismatches(ch) == []
 
@@ -144,6 +157,7 @@ def test_retried_insert_is_a_no_op_in_the_rollups(ch: Any) -> None:
     assert mismatches(ch) == []
     for table in (
         "cost_hourly",
+        "cost_minutely",
         "tenant_spend_daily",
         "request_node_costs",
         "request_costs_by_start",

@@ -223,3 +223,88 @@ def test_budget_windows_off_the_hour_are_exact(ch: Any) -> None:
     assert expected == D("6.031625")
     assert rows["ist-daily"]["spend"] == expected
     assert rows["monthly"]["spend"] == D("0.042125") + D(15)  # all four are in November
+
+
+def _sub_minute_lines() -> list[list[Any]]:
+    """Cache and plain lines off the minute (seconds 10, 30, 50) in the hours of r1 / r2."""
+    m = "gpt-4o"
+    sec = timedelta(seconds=1)
+    return [
+        line(request_id="s1", node_id="llm.answer", meter="cached_input_tokens", quantity=300,
+             unit_price="0.0000003", at=t(2, 10, 1) + 10 * sec, model=m, cache_savings="0.00081"),
+        line(request_id="s1", node_id="llm.answer", meter="cache_write_tokens", quantity=40,
+             unit_price="0.00000375", at=t(2, 10, 1) + 30 * sec, model=m),
+        line(request_id="s2", node_id="llm.answer", meter="input_tokens", quantity=70,
+             unit_price="0.000003", at=t(2, 10, 1) + 50 * sec, model=m),
+        line(request_id="s3", node_id="llm.answer", meter="cached_input_tokens", quantity=900,
+             unit_price="0.0000003", at=t(3, 11, 0) + 30 * sec, model=m, cache_savings="0.00243"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (t(2, 10, 1) + timedelta(seconds=20), t(3, 11, 0) + timedelta(seconds=40)),  # both off
+        (t(2, 10, 1) + timedelta(seconds=20), t(2, 10, 1) + timedelta(seconds=40)),  # one minute
+        (t(2, 10, 1) + timedelta(seconds=5), t(2, 10, 2)),  # off at the start only
+        (t(2, 9, 30), t(3, 11, 0) + timedelta(seconds=31)),  # off at the end only
+        (t(2, 10, 1), t(3, 11, 1)),  # whole minutes: no line read
+    ],
+)
+def test_hybrid_period_queries_off_the_minute(ch: Any, start: datetime, end: datetime) -> None:
+    """Periods with edges inside a minute: whole hours from cost_hourly, whole minutes from
+    cost_minutely, the seconds from the lines; the same as summing the lines."""
+    load_known(ch)
+    insert_lines(ch, _sub_minute_lines())
+    p = {"tenant": "acme", "start": start, "end": end}
+    fmt = "%Y-%m-%d %H:%M:%S"
+    where = (
+        "tenant = 'acme' AND event_time >= toDateTime64({s:String}, 6, 'UTC') "
+        "AND event_time < toDateTime64({e:String}, 6, 'UTC')"
+    )
+    kw = {"s": start.strftime(fmt), "e": end.strftime(fmt)}
+    books = direct(
+        ch,
+        f"SELECT price_book, price_book_version, toUInt64(count()), sum(amount), "
+        f"min(event_time), max(event_time) FROM priced_lines FINAL WHERE {where} "
+        f"GROUP BY 1, 2 ORDER BY 1, 2",
+        **kw,
+    )
+    got = [
+        (r[0], r[1], r[5], r[6], r[7], r[8])
+        for r in queries.run(ch, "price_book_versions", **p).rows
+    ]
+    assert got == [tuple(r) for r in books]
+    cache = direct(
+        ch,
+        f"SELECT model, sumIf(quantity, meter = 'cached_input_tokens'), "
+        f"sumIf(cache_savings, meter = 'cached_input_tokens'), "
+        f"sumIf(amount, meter = 'cache_write_tokens'), "
+        f"sumIf(amount - input_list_cost, meter = 'cache_write_tokens') "
+        f"FROM priced_lines FINAL WHERE {where} "
+        f"AND line_kind = 'usage' AND meter IN ('cached_input_tokens', 'cache_write_tokens') "
+        f"GROUP BY model",
+        **kw,
+    )
+    got_cache = [
+        (r[0], r[2], r[4] - r[3], r[6], r[7]) for r in queries.run(ch, "cache_savings", **p).rows
+    ]
+    assert got_cache == [tuple(r) for r in cache]
+    per_node = queries.run(ch, "cache_savings_by_node", **p).rows
+    totals = [sum((r[i] for r in per_node), D(0)) for i in range(4, 11)]
+    assert [list(r[2:]) for r in queries.run(ch, "cache_savings", **p).rows] == (
+        [totals] if per_node else []
+    )
+
+
+def test_a_redelivered_line_in_a_partial_minute_counts_once(ch: Any) -> None:
+    """The seconds at a period's edge come from priced_lines, one copy per line_id."""
+    load_known(ch)
+    sub = _sub_minute_lines()
+    insert_lines(ch, sub)
+    insert_lines(ch, sub[:2])  # s1's lines again, in another block (not a retried block)
+    p = {"tenant": "acme", "start": t(2, 10, 1) + timedelta(seconds=5), "end": t(2, 10, 2)}
+    cache = queries.run(ch, "cache_savings", **p).dicts()
+    assert [(r["cached_tokens"], r["cache_write_tokens"]) for r in cache] == [(D(300), D(40))]
+    books = queries.run(ch, "price_book_versions", **p).dicts()
+    assert [r["lines"] for r in books] == [3]  # s1's two lines and s2's, once each

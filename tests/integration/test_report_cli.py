@@ -104,14 +104,20 @@ def test_rebuild_fixes_a_double_counted_rollup(
     assert main(["rebuild", *store]) == 0
     out = capsys.readouterr().out
     assert "cost_hourly: 2 partition(s), 12 base rows -> 12 rows" in out
-    assert out.endswith("reconciled: rollups match the base tables (12 checks, 2 tenants)\n")
+    assert out.endswith("reconciled: rollups match the base tables (16 checks, 2 tenants)\n")
     gpu = [r for r in known_lines() if r[5] == "gpu.rerank" and r[4] == "r2"]
     insert_lines(ch, gpu, insert_deduplication_token="another-block")  # a re-priced line
     assert main(["sql", "-q", "reconcile", "--format", "tsv", *store]) == 0
     assert "\t0\n" in capsys.readouterr().out  # a check with ok = 0
-    rollups = ["cost_hourly", "tenant_spend_daily", "request_node_costs", "request_costs_by_start"]
+    rollups = [
+        "cost_hourly",
+        "cost_minutely",
+        "tenant_spend_daily",
+        "request_node_costs",
+        "request_costs_by_start",
+    ]
     assert main(["rebuild", *rollups, *store]) == 0
-    assert capsys.readouterr().out.endswith("(12 checks, 2 tenants)\n")
+    assert capsys.readouterr().out.endswith("(16 checks, 2 tenants)\n")
 
 
 def test_installed_command_end_to_end(tmp_path: Path) -> None:

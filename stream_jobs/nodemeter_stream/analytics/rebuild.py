@@ -1,6 +1,6 @@
 """Rebuild rollup tables from their base tables.
 
-The rollups (cost_hourly, tenant_spend_daily, request_node_costs,
+The rollups (cost_hourly, cost_minutely, tenant_spend_daily, request_node_costs,
 request_costs_by_start, usage_hourly) are
 fed by materialized views when rows are inserted into priced_lines / usage_events;
 they never see history from before they existed, and a fixed bug in a view does not
@@ -37,6 +37,7 @@ class Rollup:
 
 ROLLUPS: tuple[Rollup, ...] = (
     Rollup("cost_hourly", "cost_hourly_mv", "priced_lines"),
+    Rollup("cost_minutely", "cost_minutely_mv", "priced_lines"),
     Rollup("tenant_spend_daily", "tenant_spend_daily_mv", "priced_lines"),
     Rollup("request_node_costs", "request_node_costs_mv", "priced_lines"),
     Rollup("request_costs_by_start", "request_costs_by_start_mv", "priced_lines"),
