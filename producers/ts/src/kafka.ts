@@ -67,7 +67,11 @@ export interface KafkaTransportOptions {
   spoolDir?: string | null;
   /** How often a non-empty spool is replayed while the process runs; default 5000 ms. */
   replayIntervalMs?: number;
-  /** How long one send may retry before its records are spooled. */
+  /**
+   * How long one produce request, kafkajs' retries included, may take before its records
+   * are spooled; default 30000. One given up on may still have been written: its records
+   * are then replayed too (the same bytes; the worker's dedupe drops the copy).
+   */
   deliveryTimeoutMs?: number;
 }
 
@@ -164,6 +168,7 @@ export class KafkaTransport implements Transport {
     });
     LIVE_TOKENS.add(this.token);
     this.deliveryTimeoutMs = options.deliveryTimeoutMs ?? 30_000;
+    if (!(this.deliveryTimeoutMs >= 100)) throw new ConfigError("deliveryTimeoutMs must be >= 100");
     this.producer = this.newProducer();
     this.lingerMs = options.lingerMs ?? 5;
     this.maxBatch = options.maxBatch ?? 10_000;
@@ -190,7 +195,7 @@ export class KafkaTransport implements Transport {
   private newProducer(): Producer {
     return this.kafka.producer({
       idempotent: true, maxInFlightRequests: 1, createPartitioner: crc32Partitioner,
-      allowAutoTopicCreation: false, transactionTimeout: this.deliveryTimeoutMs,
+      allowAutoTopicCreation: false,
     });
   }
 
@@ -246,14 +251,23 @@ export class KafkaTransport implements Transport {
       msgs.push({ key: p.key, value: p.value });
     }
     await this.connect();
+    const sent = this.producer.sendBatch({
+      acks: -1, compression: this.compression,
+      topicMessages: [...byTopic.entries()].map(([topic, messages]) => ({ topic, messages })),
+    });
+    sent.catch(() => undefined); // a send given up on below may still fail later
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new DeliveryError(
+        `not acknowledged within deliveryTimeoutMs (${this.deliveryTimeoutMs} ms)`)), this.deliveryTimeoutMs);
+    });
     try {
-      await this.producer.sendBatch({
-        acks: -1, compression: this.compression,
-        topicMessages: [...byTopic.entries()].map(([topic, messages]) => ({ topic, messages })),
-      });
+      await Promise.race([sent, late]);
     } catch (err) {
-      await this.resetProducer();
+      await this.resetProducer(); // disconnects the old producer: a send still under way ends
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
