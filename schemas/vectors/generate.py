@@ -680,12 +680,12 @@ def invalid_vectors() -> list[dict[str, Any]]:
         Bad(
             "absurd_long_max",
             "cpu_ms 2^63 - 1 (a string in JSON).",
-            base_usage(meters={"cpu_ms": big}),
+            base_usage(meters={"cpu_ms": jint(big)}),
         ),
         Bad(
             "absurd_past_long",
             "api_calls 2^64: not an Avro long at all.",
-            base_usage(meters={"api_calls": 2**64}),
+            base_usage(meters={"api_calls": jint(2**64)}),
             on_wire=False,
         ),
         Bad(

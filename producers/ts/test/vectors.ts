@@ -28,6 +28,11 @@ function value(v: any): any {
   return v;
 }
 
+/** A meter quantity: past 2^53 - 1 the files write integers as decimal strings. */
+function integer(v: any): any {
+  return typeof v === "string" && /^-?\d+$/.test(v) ? BigInt(v) : value(v);
+}
+
 /** Vector fields (snake_case, wire names) -> the SDK's record (camelCase). */
 export function toRecord(fields: Record<string, any>): any {
   const out: Record<string, any> = {};
@@ -35,7 +40,7 @@ export function toRecord(fields: Record<string, any>): any {
     if (k === "meters") {
       const m: Record<string, any> = {};
       for (const [mk, mv] of Object.entries(v as Record<string, any>)) {
-        m[camel(mk)] = mk === "custom" ? (mv as any[]).map(([n, q]) => [value(n), value(q)]) : value(mv);
+        m[camel(mk)] = mk === "custom" ? (mv as any[]).map(([n, q]) => [value(n), integer(q)]) : integer(mv);
       }
       out.meters = m;
     } else if (k === "attributes") {
