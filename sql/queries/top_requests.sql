@@ -2,8 +2,11 @@
 -- request's cost broken down by node (most expensive node first). Lines without a
 -- request (credits, adjustments) are left out.
 -- Reads only the period: candidates are the largest rows of request_costs_by_start (052)
--- in the period's hours (a key range; top-N filtering on its amount index reads few
--- granules), 4 x limit + 40 of them; their exact totals, first event and per-node
+-- in the period's hours (a key range), 4 x limit + 40 of them. A threshold first: the
+-- N-th largest of the period's bucket maxima (projection bucket_max, migration 091) has at
+-- least N rows at or above it, so `amount >= threshold` keeps the same N largest rows and
+-- lets the amount index skip nearly every granule (a period with fewer maxima than
+-- candidates ranks all its rows). Their exact totals, first event and per-node
 -- amounts come from request_node_costs (009) by primary key, aggregated because merges
 -- are eventual, and a candidate that started before start is dropped there. Amounts and
 -- starts printed are therefore exact. The one way to rank wrongly: a request whose lines
@@ -11,13 +14,30 @@
 -- every one of them is smaller than the last candidate while their sum belongs in the
 -- top, it is missed (rows of one hour merge in the background; `nodemeter rebuild`
 -- joins a request's rows of one month).
-WITH candidates AS
+WITH
+(
+    SELECT if(count() >= greatest(least({limit:UInt32} * 4 + 40, 1000), {limit:UInt32}),
+              arrayReverseSort(groupArray(top))[
+                  greatest(least({limit:UInt32} * 4 + 40, 1000), {limit:UInt32})],
+              toDecimal128('-99999999999999999999999999', 12))
+    FROM
+    (
+        SELECT max(amount) AS top
+        FROM request_costs_by_start
+        WHERE tenant = {tenant:String}
+          AND start_hour >= toStartOfHour({start:DateTime('UTC')})
+          AND start_hour < {end:DateTime('UTC')}
+        GROUP BY tenant, start_hour, cityHash64(request_id) % 64
+    )
+) AS threshold,
+candidates AS
 (
     SELECT request_id
     FROM request_costs_by_start
     WHERE tenant = {tenant:String}
       AND start_hour >= toStartOfHour({start:DateTime('UTC')})
       AND start_hour < {end:DateTime('UTC')}
+      AND amount >= threshold
     ORDER BY amount DESC
     LIMIT greatest(least({limit:UInt32} * 4 + 40, 1000), {limit:UInt32})
 )

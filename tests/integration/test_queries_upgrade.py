@@ -1,6 +1,7 @@
-"""Migrations 050-052 (issue 16) on chDB: an existing store upgrades without losing data,
-the new layout is in place, the queries give the same answers, and the period queries
-that now mix rollup hours with base-table edges equal direct sums for any period."""
+"""Migrations 050-052 and 090-091 (issue 16) on chDB: an existing store upgrades without
+losing data, the new layout is in place, the queries give the same answers, the period
+queries that mix rollup hours and minutes with base-table edges equal direct sums for any
+period, and top_requests' threshold (091) ranks what summing the lines gives."""
 
 from __future__ import annotations
 
@@ -85,6 +86,9 @@ def test_upgrade_keeps_the_data_and_the_answers(before_050: Any) -> None:
     )
     assert keys["priced_lines"].startswith("tenant, window_id, toStartOfHour(event_time)")
     assert keys["request_costs_by_start"] == "tenant, start_hour, request_id, currency"
+    assert keys["cost_minutely"].startswith("tenant, minute, workflow")
+    ddl = ch.query("SHOW CREATE TABLE request_costs_by_start").result_rows[0][0]
+    assert "PROJECTION bucket_max" in ddl and "index_granularity = 1024" in ddl
     # every line copied, every column (the duplicate may collapse in the copy, as in a merge)
     got = ch.query(
         f"SELECT {', '.join(c for c in PRICED_LINE_COLUMNS if c not in NEWER)}, priced_at "
@@ -308,3 +312,38 @@ def test_a_redelivered_line_in_a_partial_minute_counts_once(ch: Any) -> None:
     assert [(r["cached_tokens"], r["cache_write_tokens"]) for r in cache] == [(D(300), D(40))]
     books = queries.run(ch, "price_book_versions", **p).dicts()
     assert [r["lines"] for r in books] == [3]  # s1's two lines and s2's, once each
+
+
+def test_top_requests_threshold_ranks_the_same_requests(ch: Any) -> None:
+    """Enough requests that the period has more bucket maxima (091) than candidates: the
+    threshold path ranks, over unmerged parts, exactly what summing the lines gives."""
+    rows = []
+    for i in range(600):
+        at = t(2 + i % 20, i % 24, i % 60)
+        price = str(D(i * 7919 % 1000 + 1) / 1000 * (50 if i % 97 == 0 else 1))
+        for node in ("a", "b"):
+            rows.append(line(request_id=f"q{i:03d}", node_id=node, meter="api_calls",
+                             quantity=1, unit_price=price, at=at))  # fmt: skip
+    for k in range(0, len(rows), 150):  # four blocks: four parts, a request in one of them
+        insert_lines(ch, rows[k : k + 150])
+    p = {"tenant": "acme", "start": t(5, 0), "end": t(19, 0)}
+    buckets = direct(
+        ch,
+        "SELECT count() FROM (SELECT 1 FROM request_costs_by_start WHERE tenant = 'acme' "
+        "AND start_hour >= {s:DateTime('UTC')} AND start_hour < {e:DateTime('UTC')} "
+        "GROUP BY start_hour, cityHash64(request_id) % 64)",
+        s=p["start"].replace(tzinfo=None),
+        e=p["end"].replace(tzinfo=None),
+    )[0][0]
+    assert buckets > 10 * 4 + 40  # the threshold applies for limit 10
+    expected = direct(
+        ch,
+        "SELECT request_id, sum(amount) AS a FROM priced_lines FINAL WHERE tenant = 'acme' "
+        "AND request_id != '' GROUP BY request_id "
+        "HAVING min(event_time) >= {s:DateTime('UTC')} AND min(event_time) < {e:DateTime('UTC')} "
+        "ORDER BY a DESC, request_id LIMIT 10",
+        s=p["start"].replace(tzinfo=None),
+        e=p["end"].replace(tzinfo=None),
+    )
+    got = queries.run(ch, "top_requests", **p, limit=10).rows
+    assert [(r[0], r[3]) for r in got] == [tuple(r) for r in expected]
