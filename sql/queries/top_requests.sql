@@ -16,10 +16,7 @@
 -- joins a request's rows of one month).
 WITH
 (
-    SELECT if(count() >= greatest(least({limit:UInt32} * 4 + 40, 1000), {limit:UInt32}),
-              arrayReverseSort(groupArray(top))[
-                  greatest(least({limit:UInt32} * 4 + 40, 1000), {limit:UInt32})],
-              toDecimal128('-99999999999999999999999999', 12))
+    SELECT arrayReverseSort(groupArray(top))
     FROM
     (
         SELECT max(amount) AS top
@@ -29,7 +26,8 @@ WITH
           AND start_hour < {end:DateTime('UTC')}
         GROUP BY tenant, start_hour, cityHash64(request_id) % 64
     )
-) AS threshold,
+) AS bucket_maxima,
+greatest(least({limit:UInt32} * 4 + 40, 1000), {limit:UInt32}) AS n_candidates,
 candidates AS
 (
     SELECT request_id
@@ -37,9 +35,10 @@ candidates AS
     WHERE tenant = {tenant:String}
       AND start_hour >= toStartOfHour({start:DateTime('UTC')})
       AND start_hour < {end:DateTime('UTC')}
-      AND amount >= threshold
+      AND amount >= if(length(bucket_maxima) >= n_candidates, bucket_maxima[n_candidates],
+                       toDecimal128('-99999999999999999999999999', 12))
     ORDER BY amount DESC
-    LIMIT greatest(least({limit:UInt32} * 4 + 40, 1000), {limit:UInt32})
+    LIMIT n_candidates
 )
 SELECT
     request_id,
