@@ -27,7 +27,29 @@ export class DeliveryError extends NodemeterError {
   override name = "DeliveryError";
 }
 
-/** Invalid Meter options. */
+/**
+ * Invalid Meter or transport options; `variable` names the NODEMETER_* variable (or the
+ * option) at fault when there is one. The message never holds a password.
+ */
 export class ConfigError extends NodemeterError {
   override name = "ConfigError";
+  readonly variable: string | undefined;
+  constructor(message: string, variable?: string) {
+    super(message);
+    this.variable = variable;
+  }
+}
+
+/**
+ * The broker refused this client's security settings: `kind` "auth" (SASL credentials or
+ * mechanism) or "tls" (the handshake: an untrusted certificate, a host name it does not
+ * name). The message names the variables to check, never a password.
+ */
+export class KafkaSecurityError extends DeliveryError {
+  override name = "KafkaSecurityError";
+  readonly kind: "auth" | "tls";
+  constructor(message: string, kind: "auth" | "tls") {
+    super(message);
+    this.kind = kind;
+  }
 }

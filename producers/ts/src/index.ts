@@ -6,3 +6,6 @@ export type { MeterOptions, NodeOptions, RecordOptions, RequestOptions, Transpor
 export { KafkaTransport, crc32Partitioner, defaultSpoolDir } from "./kafka";
 export type { Compression, KafkaTransportOptions, TransportStats } from "./kafka";
 export { MemoryTransport } from "./memory";
+export { KafkaSecurity, KAFKA_CONFIG_VAR, SASL_MECHANISMS, SECURITY_PROTOCOLS, SECURITY_VARS, readKafkaConfigFile }
+  from "./security";
+export type { KafkaSecurityOptions, KafkajsSasl, KafkajsSecurity, SaslMechanism, SecurityProtocol } from "./security";

@@ -14,6 +14,7 @@ import {
 } from "kafkajs";
 import { ConfigError, DeliveryError } from "./errors";
 import type { Transport } from "./meter";
+import { KafkaSecurity, type KafkaSecurityOptions } from "./security";
 import { partitionFor } from "./wire";
 
 /** crc32(key) mod partition count, as librdkafka's consistent_random for a non-empty key. */
@@ -51,6 +52,11 @@ function compressionType(name: Compression): CompressionTypes {
 export interface KafkaTransportOptions {
   /** Default NODEMETER_KAFKA_BOOTSTRAP, else 127.0.0.1:19092 (comma-separated). */
   brokers?: string[];
+  /**
+   * TLS and SASL; default: from the environment (NODEMETER_KAFKA_SECURITY_PROTOCOL and the
+   * rest, over the file NODEMETER_KAFKA_CONFIG names). Given here, the environment is not read.
+   */
+  security?: KafkaSecurity | KafkaSecurityOptions;
   clientId?: string;
   lingerMs?: number;
   /** Records per produce request; default 10000. */
@@ -142,6 +148,9 @@ function fsyncDir(dir: string): void {
 export class KafkaTransport implements Transport {
   readonly stats: TransportStats = { produced: 0, delivered: 0, spooled: 0, replayed: 0, failed: 0 };
   private readonly kafka: Kafka;
+  /** How this transport connects (validated; its passwords never shown). */
+  readonly security: KafkaSecurity;
+  readonly brokers: ReadonlyArray<string>;
   private readonly deliveryTimeoutMs: number;
   private producer: Producer;
   private readonly lingerMs: number;
@@ -161,9 +170,18 @@ export class KafkaTransport implements Transport {
   private readonly token = Math.random().toString(36).slice(2, 12);
 
   constructor(options: KafkaTransportOptions = {}) {
-    const brokers = options.brokers ?? (process.env.NODEMETER_KAFKA_BOOTSTRAP ?? "127.0.0.1:19092").split(",");
+    const brokers = (options.brokers ?? (process.env.NODEMETER_KAFKA_BOOTSTRAP ?? "127.0.0.1:19092").split(","))
+      .map((b) => b.trim()).filter((b) => b !== "");
+    if (brokers.length === 0) {
+      throw new ConfigError(options.brokers ? "brokers is empty" :
+        "NODEMETER_KAFKA_BOOTSTRAP is empty; give host:port[,host:port...]",
+      options.brokers ? "brokers" : "NODEMETER_KAFKA_BOOTSTRAP");
+    }
+    this.brokers = brokers;
+    this.security = options.security === undefined ? KafkaSecurity.fromEnv() : KafkaSecurity.from(options.security);
     this.kafka = new Kafka({
       clientId: options.clientId ?? "nodemeter-sdk-ts", brokers, logLevel: logLevel.NOTHING,
+      ...this.security.kafkajs(),
       retry: { maxRetryTime: 2_000, initialRetryTime: 100, retries: 5 },
     });
     LIVE_TOKENS.add(this.token);
@@ -250,7 +268,11 @@ export class KafkaTransport implements Transport {
       if (!msgs) byTopic.set(p.topic, (msgs = []));
       msgs.push({ key: p.key, value: p.value });
     }
-    await this.connect();
+    try {
+      await this.connect();
+    } catch (err) {
+      throw this.security.explain(err, this.brokers) ?? err; // a refused login or handshake, named
+    }
     const sent = this.producer.sendBatch({
       acks: -1, compression: this.compression,
       topicMessages: [...byTopic.entries()].map(([topic, messages]) => ({ topic, messages })),
@@ -265,7 +287,7 @@ export class KafkaTransport implements Transport {
       await Promise.race([sent, late]);
     } catch (err) {
       await this.resetProducer(); // disconnects the old producer: a send still under way ends
-      throw err;
+      throw this.security.explain(err, this.brokers) ?? err;
     } finally {
       clearTimeout(timer);
     }
