@@ -1,7 +1,8 @@
 """The TypeScript SDK (producers/ts): its own tests; a request with parallel branches sent
 to the real broker, read back with the worker's decoder field by field, then merged and
-priced by the real worker into chDB; and an outage: records spooled while the broker is
-unreachable reach it exactly once afterwards, from the next run and from the same process.
+priced by the real worker into chDB; an outage: records spooled while the broker is
+unreachable reach it exactly once afterwards, from the next run and from the same process;
+and TLS with SASL configured from the environment, on a broker's SASL_SSL listener.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import uuid
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -63,13 +65,21 @@ def test_npm_test_passes(built: Path) -> None:
     assert "# fail 0" in out.stdout
 
 
-def _consume(bootstrap: str, topic: str, n: int, timeout: float = 30.0) -> list[Any]:
+def _consume(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    timeout: float = 30.0,
+    *,
+    security: dict[str, str] | None = None,
+) -> list[Any]:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": uuid.uuid4().hex,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            **(security or {}),
         }
     )
     consumer.subscribe([topic])
@@ -548,3 +558,193 @@ def test_broker_stopped_mid_traffic_then_every_event_arrives(built: Path, tmp_pa
             proc.kill()
             proc.wait(30)
         kafka.down(cfg)
+
+
+# --- TLS and SASL from the environment (NODEMETER_KAFKA_*), on a secured broker -------------
+
+SCRAM_USER = ("alice", f"alice-{uuid.uuid4().hex[:12]}")
+PLAIN_USER = ("bob", f"bob-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="module")
+def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A dev broker of its own with a SASL_SSL listener (SCRAM and PLAIN users, a CA made
+    by openssl): its SASL_SSL bootstrap and that CA."""
+    for tool in ("openssl", "java"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is needed for the secured dev broker")
+    from nodemeter_stream.devenv import kafka
+
+    cfg = kafka.KafkaDevConfig(
+        port=_free_port(),
+        controller_port=_free_port(),
+        sasl_ssl_port=_free_port(),
+        home=tmp_path_factory.mktemp("kafka-secured-ts"),
+        scram_users=dict([SCRAM_USER]),
+        plain_users=dict([PLAIN_USER]),
+    )
+    kafka.up(cfg)
+    try:
+        assert cfg.sasl_ssl_bootstrap is not None
+        yield cfg.sasl_ssl_bootstrap, cfg.ca_file
+    finally:
+        kafka.down(cfg)
+
+
+def _base_env() -> dict[str, str]:
+    """This process's environment without any Kafka security setting of its own."""
+    from nodemeter.kafka_security import CONFIG_FILE_VAR, KEYS
+
+    return {k: v for k, v in os.environ.items() if k not in (*KEYS, CONFIG_FILE_VAR)}
+
+
+def _parallel_js(
+    topic: str, request_id: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    assert NODE is not None
+    return subprocess.run(
+        [NODE, "examples/parallel.js", topic, request_id],
+        cwd=TS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "user", "via_file"),
+    [
+        ("SCRAM-SHA-512", SCRAM_USER, False),
+        ("SCRAM-SHA-256", SCRAM_USER, False),
+        ("PLAIN", PLAIN_USER, True),
+    ],
+    ids=["scram-sha-512", "scram-sha-256", "plain-config-file"],
+)
+def test_tls_and_sasl_from_the_environment(
+    built: Path,
+    secured_broker: tuple[str, Path],
+    tmp_path: Path,
+    mechanism: str,
+    user: tuple[str, str],
+    via_file: bool,
+) -> None:
+    """The example, configured only from NODEMETER_KAFKA_* (PLAIN: through the file
+    NODEMETER_KAFKA_CONFIG names), sends over SASL_SSL with the host name checked; the
+    records are read back from the broker and decode."""
+    from nodemeter.kafka_security import KafkaSecurity
+
+    bootstrap, ca = secured_broker
+    password_file = tmp_path / "password"
+    password_file.write_text(user[1] + "\n")
+    security = {
+        "NODEMETER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "NODEMETER_KAFKA_SASL_MECHANISM": mechanism,
+        "NODEMETER_KAFKA_SASL_USERNAME": user[0],
+        "NODEMETER_KAFKA_SASL_PASSWORD_FILE": str(password_file),
+        "NODEMETER_KAFKA_SSL_CA_FILE": str(ca),
+        "NODEMETER_KAFKA_SSL_CHECK_HOSTNAME": "true",
+    }
+    sec = KafkaSecurity.from_values(security)
+    topics = Topics(prefix=f"ts{uuid.uuid4().hex[:8]}.")
+    ensure_topics(bootstrap, topics, security=sec)
+    if via_file:
+        conf = tmp_path / "kafka.env"
+        conf.write_text(
+            "# the broker's credentials\n"
+            + "".join(f"export {k}={v}\n" for k, v in security.items())
+        )
+        env = {**_base_env(), "NODEMETER_KAFKA_CONFIG": str(conf)}
+    else:
+        env = {**_base_env(), **security}
+    request_id = uuid.uuid4().hex
+    proc = _parallel_js(topics.usage, request_id, {**env, "NODEMETER_KAFKA_BOOTSTRAP": bootstrap})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    msgs = _consume(bootstrap, topics.usage, 5, security=sec.librdkafka())
+    assert len(msgs) == 5
+    key = f"acme/{request_id}".encode()
+    records = []
+    for m in msgs:
+        assert m.key() == key
+        assert m.partition() == zlib.crc32(key) % topics.partitions
+        got = classify(
+            m.value(),
+            key=m.key(),
+            source=Source(topic=m.topic(), partition=m.partition(), offset=m.offset()),
+        )
+        assert isinstance(got, Accepted), got
+        records.append(got.record)
+    assert isinstance(records[-1], RequestEnd)
+    assert sorted(r.node_id for r in records if isinstance(r, UsageEvent)) == [
+        "llm.summarize",
+        "llm.summarize",
+        "merge",
+        "split",
+    ]
+
+
+def test_wrong_password_is_refused_and_nothing_delivered(
+    built: Path, secured_broker: tuple[str, Path]
+) -> None:
+    """The broker refuses the credentials: the example fails within seconds, the error
+    names SASL and the variables to check, the password is in no output, and the topic
+    stays empty."""
+    from nodemeter.kafka_security import KafkaSecurity
+
+    bootstrap, ca = secured_broker
+    wrong = f"not-the-password-{uuid.uuid4().hex[:8]}"
+    right = {
+        "NODEMETER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "NODEMETER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "NODEMETER_KAFKA_SASL_USERNAME": SCRAM_USER[0],
+        "NODEMETER_KAFKA_SASL_PASSWORD": SCRAM_USER[1],
+        "NODEMETER_KAFKA_SSL_CA_FILE": str(ca),
+    }
+    sec = KafkaSecurity.from_values(right)
+    topics = Topics(prefix=f"ts{uuid.uuid4().hex[:8]}.")
+    ensure_topics(bootstrap, topics, security=sec)
+    env = {
+        **_base_env(),
+        **right,
+        "NODEMETER_KAFKA_SASL_PASSWORD": wrong,
+        "NODEMETER_KAFKA_BOOTSTRAP": bootstrap,
+    }
+    started = time.monotonic()
+    bad = _parallel_js(topics.usage, uuid.uuid4().hex, env)
+    took = time.monotonic() - started
+    assert bad.returncode == 1, (bad.returncode, bad.stderr[-3000:])
+    assert "SASL" in bad.stderr, bad.stderr[-3000:]
+    assert (
+        f"Kafka authentication failed at {bootstrap} (SASL_SSL, SCRAM-SHA-512 as 'alice'"
+        in bad.stderr
+    ), bad.stderr[-3000:]
+    assert "check NODEMETER_KAFKA_SASL_USERNAME ('alice')" in bad.stderr, bad.stderr[-3000:]
+    assert wrong not in bad.stderr + bad.stdout
+    assert took < 60, took  # refused, not retried until some timeout
+    assert _consume(bootstrap, topics.usage, 1, timeout=5.0, security=sec.librdkafka()) == []
+
+
+def test_certificate_from_another_ca_is_refused_naming_tls(
+    built: Path, secured_broker: tuple[str, Path], tmp_path: Path
+) -> None:
+    """NODEMETER_KAFKA_SSL_CA_FILE names a CA that did not sign the broker's certificate:
+    the handshake fails, and the error says so and names that file."""
+    from nodemeter_stream.devenv import kafka
+
+    bootstrap, _ = secured_broker
+    other_ca, _ = kafka.make_ca(tmp_path)
+    env = {
+        **_base_env(),
+        "NODEMETER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "NODEMETER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "NODEMETER_KAFKA_SASL_USERNAME": SCRAM_USER[0],
+        "NODEMETER_KAFKA_SASL_PASSWORD": SCRAM_USER[1],
+        "NODEMETER_KAFKA_SSL_CA_FILE": str(other_ca),
+        "NODEMETER_KAFKA_BOOTSTRAP": bootstrap,
+    }
+    bad = _parallel_js(f"ts{uuid.uuid4().hex[:8]}.nodemeter.usage.v1", uuid.uuid4().hex, env)
+    assert bad.returncode == 1, (bad.returncode, bad.stderr[-3000:])
+    assert f"Kafka TLS handshake failed at {bootstrap}" in bad.stderr, bad.stderr[-3000:]
+    assert f"NODEMETER_KAFKA_SSL_CA_FILE={other_ca}" in bad.stderr, bad.stderr[-3000:]
+    assert SCRAM_USER[1] not in bad.stderr + bad.stdout
