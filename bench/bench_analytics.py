@@ -1,7 +1,7 @@
 """Analytics at scale on embedded chDB: every library query's latency, bytes per line.
 
     .venv/bin/python bench/bench_analytics.py [--lines 1000000] [--runs 20]
-        [--path DIR] [--skip-rebuild]
+        [--path DIR] [--skip-rebuild] [--settle SECONDS]
 
 Lines are generated inside ClickHouse (INSERT ... SELECT FROM numbers) in blocks, with
 the rollup views attached, so the figures measure the engine and the views, not Python
@@ -18,7 +18,10 @@ and for one day with edges off the hour; the queries over all history (reconcile
 their times; the worker's stored-line lookup; and the bytes stored per priced line
 (compressed, from system.parts). usage_events is not generated: request_spans and
 gpu_measured_vs_estimated read it and are timed on an empty table (listed as such).
---path keeps the store: a second run with the same --path and --lines reuses it.
+--path keeps the store: a second run with the same --path and --lines reuses it (and
+applies the migrations it lacks). Before measuring it waits for the background merges
+to finish (at most --settle seconds, printed): right after generating or migrating,
+dozens of merges would otherwise share the cores with the queries.
 """
 
 from __future__ import annotations
@@ -181,6 +184,18 @@ def generate(client: Any, n: int, block: int) -> None:
         client.command(sql)
 
 
+def settle(client: Any, limit_s: float) -> None:
+    """Wait until no merge runs in the bench database, or limit_s passed."""
+    t0 = time.perf_counter()
+    sql = "SELECT count() FROM system.merges WHERE database = currentDatabase()"
+    running = int(client.query(sql).result_rows[0][0])
+    while running and time.perf_counter() - t0 < limit_s:
+        time.sleep(5)
+        running = int(client.query(sql).result_rows[0][0])
+    state = f"{running} still running" if running else "none running"
+    print(f"{'waited for background merges':<52} {time.perf_counter() - t0:9.2f} s ({state})")
+
+
 def storage(client: Any) -> None:
     rows = client.query(
         "SELECT table, sum(rows), sum(data_compressed_bytes), sum(data_uncompressed_bytes), "
@@ -274,6 +289,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--path", help="store directory (kept; reused when it holds --lines)")
     ap.add_argument("--skip-rebuild", action="store_true")
+    ap.add_argument("--settle", type=float, default=900, help="max seconds to wait for merges")
     args = ap.parse_args()
     path = args.path or tempfile.mkdtemp(prefix="nm-bench-")
     Path(path).mkdir(parents=True, exist_ok=True)
@@ -289,6 +305,7 @@ def main() -> None:
         raise SystemExit(f"{path} holds {have:,} usage lines, not {n:,}: use another --path")
     else:
         print(f"reusing {path}: {have:,} usage lines")
+    settle(client, args.settle)
     storage(client)
     library_table(client, args.runs)
     other_reads(client, args.runs)

@@ -1,4 +1,4 @@
-"""Migrations 050-052 and 090-091 (issue 16) on chDB: an existing store upgrades without
+"""Migrations 050-052 and 090-092 (issue 16) on chDB: an existing store upgrades without
 losing data, the new layout is in place, the queries give the same answers, the period
 queries that mix rollup hours and minutes with base-table edges equal direct sums for any
 period, and top_requests' threshold (091) ranks what summing the lines gives."""
@@ -89,6 +89,8 @@ def test_upgrade_keeps_the_data_and_the_answers(before_050: Any) -> None:
     assert keys["cost_minutely"].startswith("tenant, minute, workflow")
     ddl = ch.query("SHOW CREATE TABLE request_costs_by_start").result_rows[0][0]
     assert "PROJECTION bucket_max" in ddl and "index_granularity = 1024" in ddl
+    ddl = ch.query("SHOW CREATE TABLE request_node_costs").result_rows[0][0]
+    assert "index_granularity = 256" in ddl and "min_compress_block_size = 8192" in ddl
     # every line copied, every column (the duplicate may collapse in the copy, as in a merge)
     got = ch.query(
         f"SELECT {', '.join(c for c in PRICED_LINE_COLUMNS if c not in NEWER)}, priced_at "
