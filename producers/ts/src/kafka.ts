@@ -15,7 +15,7 @@ import {
 import { ConfigError, DeliveryError } from "./errors";
 import type { Transport } from "./meter";
 import { KafkaSecurity, type KafkaSecurityOptions } from "./security";
-import { partitionFor } from "./wire";
+import { crc32, partitionFor } from "./wire";
 
 /** crc32(key) mod partition count, as librdkafka's consistent_random for a non-empty key. */
 export const crc32Partitioner: ICustomPartitioner = () => ({ partitionMetadata, message }) => {
@@ -93,6 +93,10 @@ export interface TransportStats {
   spooled: number;
   replayed: number;
   failed: number;
+  /** Spool lines skipped on replay: a checksum that does not match, or not a record at all. */
+  damaged: number;
+  /** Spool files kept under `quarantine/` for inspection (damaged lines, or unreadable). */
+  quarantined: number;
 }
 
 export function defaultSpoolDir(): string {
@@ -103,17 +107,94 @@ export function defaultSpoolDir(): string {
 
 const SPOOL = ".spool";
 const RECORD_OVERHEAD = 40; // a record's framing in a v2 record batch, generously
+const MAX_WARNINGS = 10; // damaged lines named one by one a file, then a count
 
+const QUARANTINE = "quarantine";
+
+/**
+ * One JSON line a record: `{"t":topic,"k":key,"v":value,"c":crc}`, key and value in base64,
+ * `c` the CRC-32 (zlib's) of the line's UTF-8 bytes without its `,"c":crc` member, that is
+ * of `{"t":...,"k":...,"v":...}` exactly as written. Still JSON, so any reader takes it.
+ */
 function spoolLines(batch: Pending[]): string {
-  return batch.map((p) => JSON.stringify({ t: p.topic, k: p.key.toString("base64"), v: p.value.toString("base64") }) + "\n")
-    .join("");
+  return batch.map((p) => {
+    const body = JSON.stringify({ t: p.topic, k: p.key.toString("base64"), v: p.value.toString("base64") });
+    return `${body.slice(0, -1)},"c":${crc32(Buffer.from(body, "utf8"))}}\n`;
+  }).join("");
+}
+
+const CHECKSUM = /,"c":(\d{1,10})\}$/; // the last member, ASCII: its bytes are its characters
+const BRACE = Buffer.from("}");
+
+/** `s` exactly as Buffer.toString("base64") writes it (Buffer.from skips what is not base64). */
+function base64(s: unknown): Buffer | null {
+  if (typeof s !== "string") return null;
+  const b = Buffer.from(s, "base64");
+  return b.toString("base64") === s ? b : null;
+}
+
+/** A parsed line's record: exactly the members t (a topic), k and v (base64); else null. */
+function record(r: unknown): Pending | null {
+  if (typeof r !== "object" || r === null || Array.isArray(r)) return null;
+  const o = r as Record<string, unknown>;
+  if (Object.keys(o).length !== 3 || typeof o.t !== "string" || o.t === "") return null;
+  const key = base64(o.k);
+  const value = base64(o.v);
+  return key && value ? { topic: o.t, key, value } : null;
+}
+
+type SpoolLine = { line: number; rec: Pending; checked: boolean } | { line: number; why: string };
+
+function spoolLine(raw: Buffer, line: number): SpoolLine {
+  const text = raw.toString("utf8");
+  const m = CHECKSUM.exec(text);
+  let body = text;
+  if (m) {
+    const bytes = Buffer.concat([raw.subarray(0, raw.length - m[0].length), BRACE]);
+    if (crc32(bytes) !== Number(m[1])) return { line, why: "checksum mismatch" };
+    body = bytes.toString("utf8");
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    return { line, why: "not JSON" };
+  }
+  const rec = record(parsed);
+  return rec ? { line, rec, checked: m !== null } : { line, why: "not a spool record" };
+}
+
+/**
+ * The records of a spool file, and its damaged lines (1-based). Lines without a checksum
+ * are the format before checksums (replayed as they parse); in a file where any line
+ * verifies, one without is damage too: the writer gives every line one.
+ */
+function readSpool(data: Buffer): { records: Pending[]; damaged: Array<{ line: number; why: string }> } {
+  const lines: SpoolLine[] = [];
+  let start = 0;
+  for (let n = 1; start < data.length; n++) {
+    let end = data.indexOf(0x0a, start);
+    if (end < 0) end = data.length; // a last line without its newline: a truncated file
+    if (end > start) lines.push(spoolLine(data.subarray(start, end), n));
+    start = end + 1;
+  }
+  const checked = lines.some((l) => "rec" in l && l.checked);
+  const records: Pending[] = [];
+  const damaged: Array<{ line: number; why: string }> = [];
+  for (const l of lines) {
+    if (!("rec" in l)) damaged.push(l);
+    else if (checked && !l.checked) damaged.push({ line: l.line, why: "no checksum in a file with checksums" });
+    else records.push(l.rec);
+  }
+  return { records, damaged };
 }
 
 /** Write `data` to `file` durably: a temporary file, fsynced, renamed into place, folder fsynced. */
-function writeDurably(file: string, data: string): void {
+function writeDurably(file: string, data: string | Buffer): void {
   const fd = fs.openSync(file + ".tmp", "w", 0o600);
   try {
-    fs.writeSync(fd, data);
+    const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+    for (let done = 0; done < bytes.length;) done += fs.writeSync(fd, bytes, done);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
@@ -146,7 +227,9 @@ function fsyncDir(dir: string): void {
 }
 
 export class KafkaTransport implements Transport {
-  readonly stats: TransportStats = { produced: 0, delivered: 0, spooled: 0, replayed: 0, failed: 0 };
+  readonly stats: TransportStats = {
+    produced: 0, delivered: 0, spooled: 0, replayed: 0, failed: 0, damaged: 0, quarantined: 0,
+  };
   private readonly kafka: Kafka;
   /** How this transport connects (validated; its passwords never shown). */
   readonly security: KafkaSecurity;
@@ -396,18 +479,43 @@ export class KafkaTransport implements Transport {
       } catch {
         continue;
       }
-      let batch: Pending[];
+      const q = path.join(dir, QUARANTINE);
+      const kept = path.join(q, name + ".damaged");
+      let data: Buffer;
       try {
-        batch = fs.readFileSync(claimed, "utf8").split("\n").filter(Boolean).map((line) => {
-          const r = JSON.parse(line) as { t: string; k: string; v: string };
-          return { topic: r.t, key: Buffer.from(r.k, "base64"), value: Buffer.from(r.v, "base64") };
-        });
-      } catch (err) { // written whole and renamed into place, so only outside damage gets here
-        const q = path.join(dir, "quarantine");
+        data = fs.readFileSync(claimed);
+      } catch (err) { // an I/O error: nothing of it can be read
         fs.mkdirSync(q, { recursive: true, mode: 0o700 });
-        fs.renameSync(claimed, path.join(q, name + ".damaged"));
+        fs.renameSync(claimed, kept);
+        this.stats.quarantined++;
         console.error(`nodemeter: spool file ${name} unreadable, moved to ${q}:`, err);
         continue;
+      }
+      // written whole and renamed into place, so only outside damage (a disk, an edit) gets here
+      const { records: batch, damaged } = readSpool(data);
+      if (damaged.length > 0) {
+        // the file as found goes to quarantine first, then the claim keeps only the intact
+        // records: a crash in between replays (and quarantines) it again, never loses any
+        try {
+          fs.mkdirSync(q, { recursive: true, mode: 0o700 });
+          writeDurably(kept, data);
+          if (batch.length > 0) writeDurably(claimed, spoolLines(batch));
+          else fs.unlinkSync(claimed);
+        } catch (err) { // a full disk, say: the file waits as it was, for the next replay
+          fs.renameSync(claimed, file);
+          throw err;
+        }
+        this.stats.damaged += damaged.length;
+        this.stats.quarantined++;
+        for (const d of damaged.slice(0, MAX_WARNINGS)) {
+          console.error(`nodemeter: spool file ${name} line ${d.line} damaged (${d.why}): skipped; ` +
+            `the file is kept as ${kept}`);
+        }
+        if (damaged.length > MAX_WARNINGS) {
+          console.error(`nodemeter: spool file ${name}: ${damaged.length - MAX_WARNINGS} more damaged line(s) ` +
+            `skipped (${damaged.length} in all, ${batch.length} intact record(s) replayed)`);
+        }
+        if (batch.length === 0) continue;
       }
       let done = 0;
       try {
