@@ -3,7 +3,7 @@
 -- request (credits, adjustments) are left out.
 -- Reads only the period: candidates are the largest rows of request_costs_by_start (052)
 -- in the period's hours (a key range), 4 x limit + 40 of them. A threshold first: the
--- N-th largest of the period's bucket maxima (projection bucket_max, migration 091) has at
+-- N-th largest of the period's bucket maxima (projection bucket_max_16, 091, 093) has at
 -- least N rows at or above it, so `amount >= threshold` keeps the same N largest rows and
 -- lets the amount index skip nearly every granule (a period with fewer maxima than
 -- candidates ranks all its rows). Their exact totals, first event and per-node
@@ -24,7 +24,7 @@ WITH
         WHERE tenant = {tenant:String}
           AND start_hour >= toStartOfHour({start:DateTime('UTC')})
           AND start_hour < {end:DateTime('UTC')}
-        GROUP BY tenant, start_hour, cityHash64(request_id) % 64
+        GROUP BY tenant, start_hour, cityHash64(request_id) % 16
     )
 ) AS bucket_maxima,
 greatest(least({limit:UInt32} * 4 + 40, 1000), {limit:UInt32}) AS n_candidates,
