@@ -105,8 +105,9 @@ def test_reports_reconcile_on_what_the_worker_wrote(
     rec = nodemeter("sql", "-q", "reconcile", "--format", "tsv", *store)
     assert rec.returncode == 0, rec.stderr
     rows = [line.split("\t") for line in rec.stdout.splitlines()[1:]]
-    # per tenant: 6 checks (5, and request_costs_by_start since migration 052)
-    assert len(rows) == 2 * 6 and all(r[-1] == "1" for r in rows), rec.stdout
+    # per tenant: 8 checks (5, request_costs_by_start since migration 052, cost_minutely
+    # amount and lines since 090)
+    assert len(rows) == 2 * 8 and all(r[-1] == "1" for r in rows), rec.stdout
 
     direct = {
         n: Decimal(a)
