@@ -118,8 +118,19 @@ def worker(
     return w
 
 
+# Faust's last start-up line: the worker's signal handlers are in place by then.
+READY = "[^Worker]: Ready"
+
+
 def drain(bootstrap: str, topics: Any, w: WorkerProcess, *, timeout: float = 180.0) -> None:
-    """Wait until ``w`` committed the usage topic, then what ingest forwarded to pricing."""
+    """Wait until ``w`` is running and the group committed the usage topic, then what
+    ingest forwarded to pricing.
+
+    ``w`` must be seen ready first: when earlier (killed) workers of the group already
+    committed everything, the offsets alone are caught up at once, and a ``stop()`` that
+    followed would SIGTERM a process still importing, which dies of the signal (-15)
+    and says nothing of what a last worker does (seen once in ``make torture``)."""
+    assert wait_log(w, READY, timeout), f"worker never ready:\n{w.log()[-3000:]}"
     wait_caught_up(bootstrap, w.app_id, topics.usage, worker=w, timeout=timeout)
     # ingest acknowledges a batch once its forwards are on the broker: the forward
     # topic's end offsets are final for what was committed above
