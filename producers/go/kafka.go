@@ -90,9 +90,23 @@ func (k *KafkaSink) Flush(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Close flushes and closes the client.
+// Close flushes until ctx ends, closes the client and returns every record it did
+// not deliver, each a *DeliveryError (a Meter spools them): those that failed, and,
+// when ctx ended first, those still buffered, which closing the client fails with
+// kgo.ErrClientClosed. Give ctx more than DeliveryTimeout to see each record's own
+// error (a refused password, say) rather than the context's.
 func (k *KafkaSink) Close(ctx context.Context) error {
 	err := k.Flush(ctx)
 	k.client.Close()
-	return err
+	// Closing failed what was still buffered; a record leaves the count only once its
+	// promise has run, so at zero every failure is in k.errs.
+	for deadline := time.Now().Add(5 * time.Second); k.client.BufferedProduceRecords() > 0 &&
+		time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	k.mu.Lock()
+	errs := k.errs
+	k.errs = nil
+	k.mu.Unlock()
+	return errors.Join(append([]error{err}, errs...)...)
 }

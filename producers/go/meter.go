@@ -21,6 +21,7 @@ const DefaultTopic = "nodemeter.usage.v1"
 type Sink interface {
 	Send(ctx context.Context, topic string, key, value []byte) error
 	Flush(ctx context.Context) error
+	// Close flushes, closes, and returns every record not delivered (*DeliveryError).
 	Close(ctx context.Context) error
 }
 
@@ -199,11 +200,20 @@ func (m *Meter) send(ctx context.Context, key, value []byte) error {
 // With a SpoolDir, failed records go to the spool instead, and only what could
 // not be spooled is returned.
 func (m *Meter) Flush(ctx context.Context) error {
-	err := m.sink.Flush(ctx)
+	return m.spoolFailed(m.sink.Flush(ctx))
+}
+
+// spoolFailed puts the records of the delivery errors in err into the spool, when
+// there is one, and returns the other errors; without a spool, or when the spool
+// cannot be written, it returns err whole.
+func (m *Meter) spoolFailed(err error) error {
 	if m.spool == nil || err == nil {
 		return err
 	}
 	failed, rest := deliveryErrors(err)
+	if len(failed) == 0 {
+		return err
+	}
 	recs := make([]spooled, len(failed))
 	for i, f := range failed {
 		recs[i] = spooled{[]byte(f.Topic), f.Key, f.Value}
@@ -214,7 +224,9 @@ func (m *Meter) Flush(ctx context.Context) error {
 	return errors.Join(rest...)
 }
 
-// Close flushes, then closes the producer. Records emitted after Close get ErrClosed.
+// Close flushes until ctx ends, then closes the producer. Records not delivered by
+// then, those still waiting included, go to the spool (with a SpoolDir) or come back
+// as *DeliveryError. Records emitted after Close get ErrClosed.
 func (m *Meter) Close(ctx context.Context) error {
 	m.mu.Lock()
 	if m.closed {
@@ -223,8 +235,7 @@ func (m *Meter) Close(ctx context.Context) error {
 	}
 	m.closed = true
 	m.mu.Unlock()
-	ferr := m.Flush(ctx)
-	return errors.Join(ferr, m.sink.Close(ctx))
+	return m.spoolFailed(m.sink.Close(ctx)) // a Sink's Close flushes first
 }
 
 // Attrs turns a map into attributes sorted by key, so that the same map always

@@ -140,3 +140,43 @@ func TestKafkaDownGoesToSpool(t *testing.T) {
 		t.Fatalf("replayed %d, %v; want 2", n, err)
 	}
 }
+
+// Close's deadline ends before the delivery timeout: the records still buffered are
+// failed by closing the client and spooled, not lost.
+func TestCloseDeadlineBeforeDeliveryTimeoutSpoolsTheRest(t *testing.T) {
+	dir := t.TempDir()
+	m, err := New(Config{Brokers: []string{"127.0.0.1:1"}, SpoolDir: dir,
+		Kafka: KafkaConfig{DeliveryTimeout: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	emitOne(t, m, "r1")
+	emitOne(t, m, "r2")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err = m.Close(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close: %v; want the deadline, with the records spooled", err)
+	}
+	up := &memSink{}
+	m2, _ := New(Config{Sink: up, SpoolDir: dir})
+	if n, err := m2.ReplaySpool(context.Background()); n != 4 || err != nil {
+		t.Fatalf("replayed %d, %v; want 4 (2 requests: a usage event and an end each)", n, err)
+	}
+}
+
+// Without a spool the same records come back to the caller, one *DeliveryError each.
+func TestCloseDeadlineWithoutSpoolReturnsEveryRecord(t *testing.T) {
+	m, err := New(Config{Brokers: []string{"127.0.0.1:1"},
+		Kafka: KafkaConfig{DeliveryTimeout: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	emitOne(t, m, "r1")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	failed, rest := deliveryErrors(m.Close(ctx))
+	if len(failed) != 2 || len(rest) != 1 || !errors.Is(rest[0], context.DeadlineExceeded) {
+		t.Fatalf("%d delivery errors, others %v; want 2 and the deadline", len(failed), rest)
+	}
+}

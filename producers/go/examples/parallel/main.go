@@ -83,7 +83,9 @@ func run() error {
 	if err := errors.Join(berr, req.End(berr)); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Longer than the producer's delivery timeout (30 s): a record that cannot be
+	// delivered fails with its own error (a refused password) before the deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	return meter.Close(ctx)
 }
