@@ -16,6 +16,7 @@ Each test gets its own topic prefix and its own ClickHouse database.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -35,6 +36,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def secured_dev_broker(
+    home: Path, *, scram_users: dict[str, str], plain_users: dict[str, str]
+) -> Iterator[tuple[str, Path]]:
+    """A dev broker of its own with a SASL_SSL listener (SCRAM and PLAIN users, a CA made
+    by openssl): yields its SASL_SSL bootstrap and that CA; stopped on exit. Skips the
+    test without openssl or java."""
+    for tool in ("openssl", "java"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is needed for the secured dev broker")
+    from nodemeter_stream.devenv import kafka
+
+    cfg = kafka.KafkaDevConfig(
+        port=free_port(),
+        controller_port=free_port(),
+        sasl_ssl_port=free_port(),
+        home=home,
+        scram_users=scram_users,
+        plain_users=plain_users,
+    )
+    kafka.up(cfg)
+    try:
+        assert cfg.sasl_ssl_bootstrap is not None
+        yield cfg.sasl_ssl_bootstrap, cfg.ca_file
+    finally:
+        kafka.down(cfg)
 
 
 def docker_available() -> bool:

@@ -322,28 +322,15 @@ PLAIN_USER = ("bob", f"bob-{uuid.uuid4().hex[:12]}")
 
 @pytest.fixture(scope="module")
 def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A dev broker of its own with a SASL_SSL listener (SCRAM and PLAIN users): its
-    SASL_SSL bootstrap and the CA that signed its certificate."""
-    for tool in ("openssl", "java"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is needed for the secured dev broker")
-    from conftest import free_port
-    from nodemeter_stream.devenv import kafka
+    """The secured dev broker (conftest): its SASL_SSL bootstrap and CA."""
+    from conftest import secured_dev_broker
 
-    cfg = kafka.KafkaDevConfig(
-        port=free_port(),
-        controller_port=free_port(),
-        sasl_ssl_port=free_port(),
-        home=tmp_path_factory.mktemp("kafka-secured-go"),
+    with secured_dev_broker(
+        tmp_path_factory.mktemp("kafka-secured-go"),
         scram_users=dict([SCRAM_USER]),
         plain_users=dict([PLAIN_USER]),
-    )
-    kafka.up(cfg)
-    try:
-        assert cfg.sasl_ssl_bootstrap is not None
-        yield cfg.sasl_ssl_bootstrap, cfg.ca_file
-    finally:
-        kafka.down(cfg)
+    ) as broker:
+        yield broker
 
 
 @pytest.mark.parametrize(

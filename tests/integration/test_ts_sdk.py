@@ -623,27 +623,15 @@ PLAIN_USER = ("bob", f"bob-{uuid.uuid4().hex[:12]}")
 
 @pytest.fixture(scope="module")
 def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A dev broker of its own with a SASL_SSL listener (SCRAM and PLAIN users, a CA made
-    by openssl): its SASL_SSL bootstrap and that CA."""
-    for tool in ("openssl", "java"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is needed for the secured dev broker")
-    from nodemeter_stream.devenv import kafka
+    """The secured dev broker (conftest): its SASL_SSL bootstrap and CA."""
+    from conftest import secured_dev_broker
 
-    cfg = kafka.KafkaDevConfig(
-        port=_free_port(),
-        controller_port=_free_port(),
-        sasl_ssl_port=_free_port(),
-        home=tmp_path_factory.mktemp("kafka-secured-ts"),
+    with secured_dev_broker(
+        tmp_path_factory.mktemp("kafka-secured-ts"),
         scram_users=dict([SCRAM_USER]),
         plain_users=dict([PLAIN_USER]),
-    )
-    kafka.up(cfg)
-    try:
-        assert cfg.sasl_ssl_bootstrap is not None
-        yield cfg.sasl_ssl_bootstrap, cfg.ca_file
-    finally:
-        kafka.down(cfg)
+    ) as broker:
+        yield broker
 
 
 def _base_env() -> dict[str, str]:
