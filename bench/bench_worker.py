@@ -1,7 +1,7 @@
 """The stream worker's throughput against the Faust ceiling, in one run on one broker.
 
     python bench/bench_worker.py [--events 100000] [--dup 0.05] [--bad 0.01] [--batch 5000]
-                                 [--agents ingest] [--profile FILE]
+                                 [--agents ingest] [--profile FILE] [--keep-log FILE]
 
 Builds one message list (``--events`` unique usage events with a current event time,
 plus ``--dup`` resent duplicates and ``--bad`` malformed records, shuffled) and produces
@@ -27,6 +27,7 @@ import inspect
 import io
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -187,6 +188,7 @@ def main() -> int:
     ap.add_argument("--profile", help="write a cProfile of the worker to this file")
     ap.add_argument("--agents", help="agents to run, e.g. 'ingest' (default: all)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for catch-up")
+    ap.add_argument("--keep-log", help="copy the worker's log to this file")
     args = ap.parse_args()
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
@@ -233,6 +235,8 @@ def main() -> int:
             if w.alive():
                 w.kill()
         stored = stored_events(w)
+        if args.keep_log:
+            shutil.copyfile(w.log_path, args.keep_log)
     total, steady = t1 - t0, t1 - first
     pipeline = records / steady
     print(

@@ -1,13 +1,20 @@
 """The Faust ceiling: how fast a trivial faust-streaming agent reads a topic.
 
     python bench/faust_ceiling.py --bootstrap HOST:PORT --topic TOPIC [--expect N] [--batch 5000]
+                                  [--transport faust|nodemeter] [--intake noack_take|batches]
 
 One agent (``concurrency=1``) on the worker's own ``faust.App`` settings
 (``nodemeter_stream.app.faust_app``: memory:// store, session/heartbeat/commit
-intervals, ``stream_buffer_maxsize``, ``stream_wait_empty=False``, ...) does
-``async for batch in stream.noack_take(batch, within=0.5)`` and acks every event: no
-decoding, no state, no writes, none of the worker's commit guard. Whatever the worker
-does beyond this is the price of the pipeline; this is the most Faust gives.
+intervals, ``stream_buffer_maxsize``, ``stream_wait_empty=False``, ...) but Faust's own
+aiokafka transport (``kafka://``) does ``async for batch in stream.noack_take(batch,
+within=0.5)`` and acks every event: no decoding, no state, no writes, none of the
+worker's commit guard or intake. Whatever the worker does beyond this is the price of
+the pipeline; this is the most Faust alone gives.
+
+``--transport nodemeter`` reads through the worker's transport (``commit_guard``: its
+fetch loop hands a record to the conductor directly when nothing can make it wait) and
+``--intake batches`` takes batches as the worker's agents do (``agents/intake.py``):
+the two together are the intake the worker itself runs on.
 
 Times from the first batch received to the moment ``--expect`` records were read
 (default: the topic's end offsets at start) and prints, last::
@@ -60,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
 def read_all(args: argparse.Namespace, expect: int, *, datadir: str, t_start: float) -> int:
     import faust
 
+    from nodemeter_stream.agents.intake import ack_events, batches
     from nodemeter_stream.app import WorkerConfig, faust_app
+    from nodemeter_stream.commit_guard import SCHEME
 
     cfg = WorkerConfig(
         bootstrap=args.bootstrap,
@@ -73,19 +82,27 @@ def read_all(args: argparse.Namespace, expect: int, *, datadir: str, t_start: fl
         heartbeat_interval_s=1.0,
         data_dir=datadir,
     )
-    app = faust_app(cfg)
+    app = faust_app(cfg, scheme="kafka" if args.transport == "faust" else SCHEME)
     topic = app.topic(args.topic, key_serializer="raw", value_serializer="raw")
+    take = (
+        (lambda stream: stream.noack_take(args.batch, within=args.within))
+        if args.intake == "noack_take"
+        else (lambda stream: batches(stream, args.batch, args.within))
+    )
     seen = first_batch = 0
     t_first: float | None = None
 
     @app.agent(topic, concurrency=1, name="read_only")
     async def read_only(stream: Any) -> None:
         nonlocal seen, first_batch, t_first
-        async for batch in stream.noack_take(args.batch, within=args.within):
+        async for batch in take(stream):
             if t_first is None:
                 t_first, first_batch = time.monotonic(), len(batch)
-            for event in batch:
-                await stream.ack(event)
+            if args.intake == "noack_take":
+                for event in batch:
+                    await stream.ack(event)
+            else:
+                ack_events(batch)
             seen += len(batch)
             if seen >= expect:
                 t_last = time.monotonic()
@@ -120,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=4, help="the app's topic_partitions")
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--within", type=float, default=0.5)
+    ap.add_argument(
+        "--transport",
+        default="faust",
+        choices=["faust", "nodemeter"],
+        help="faust: Faust's own aiokafka transport (the ceiling); nodemeter: the worker's",
+    )
+    ap.add_argument(
+        "--intake",
+        default="noack_take",
+        choices=["noack_take", "batches"],
+        help="noack_take + stream.ack (the ceiling), or the worker's agents/intake.py",
+    )
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return run(ap.parse_args(argv))
 

@@ -273,7 +273,9 @@ def check_broker(config: WorkerConfig, *, timeout: float = 15.0) -> None:
     asyncio.run(_aiokafka_probe(config.bootstrap, config.kafka_security, timeout))
 
 
-def faust_app(config: WorkerConfig) -> Any:
+def faust_app(config: WorkerConfig, *, scheme: str = SCHEME) -> Any:
+    """The worker's ``faust.App``; ``scheme="kafka"``: Faust's own aiokafka transport
+    instead of the worker's (``bench/faust_ceiling.py`` measures both)."""
     import faust
 
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the leaf
@@ -281,7 +283,7 @@ def faust_app(config: WorkerConfig) -> Any:
     register_transport()  # the aiokafka transport with gap-free commits (commit_guard)
     return faust.App(
         config.app_id,
-        broker=[f"{SCHEME}://{b.strip()}" for b in config.bootstrap.split(",")],
+        broker=[f"{scheme}://{b.strip()}" for b in config.bootstrap.split(",")],
         store="memory://",
         broker_credentials=broker_credentials(config.kafka_security),
         datadir=f"{config.data_dir}/{config.app_id}-data",

@@ -142,15 +142,15 @@ def wired(clickhouse_config: ClickHouseConfig, monkeypatch: pytest.MonkeyPatch) 
         w.log.append("write:" + ",".join(sorted({b.table for b in blocks if b.rows})))
 
     monkeypatch.setattr(sink, "write", logged_write)
-    real_ack_all = ingest_module.ack_all
+    real_ack_events = ingest_module.ack_events
 
-    async def logged_ack_all(stream: Any, events: Any) -> None:
+    def logged_ack_events(events: Any) -> None:
         events = list(events)
-        await real_ack_all(stream, events)
+        real_ack_events(events)
         w.log.append("ack")
         w.acked[0] += len(events)
 
-    monkeypatch.setattr(ingest_module, "ack_all", logged_ack_all)
+    monkeypatch.setattr(ingest_module, "ack_events", logged_ack_events)
     yield w
 
     async def drop() -> None:
@@ -164,8 +164,11 @@ async def put_all(w: Wired, messages: list[tuple[bytes, bytes]]) -> None:
     agent = w.worker.extras["ingest_agent"]
     async with agent.test_context() as ctx:
         for key, value in messages:
-            await ctx.put(key=key, value=value)
-        # noack_take hands the batch over after batch_seconds; wait for it to be stored
+            # wait=False: put(wait=True) waits on a stream processor, and the agent takes
+            # its batches off the channel's queue (agents/intake.py), not through the
+            # stream's iterator that runs processors
+            await ctx.put(key=key, value=value, wait=False)
+        # the batch is handed over after batch_seconds; wait for it to be stored
         for _ in range(500):
             if w.acked[0] >= len(messages):
                 break

@@ -67,40 +67,42 @@ class FakeStore:
         return [StateRow(PROGRESS, topic, 0, "", 1, 2, 0, False, "")]
 
 
-class FakeStream:
-    def __init__(self, consumer: FakeConsumer) -> None:
-        self.consumer = consumer
-
-    async def ack(self, event: Any) -> bool:
-        self.consumer.acked.append(event.message.offset)
-        return True
-
-
 class FakeEvent:
+    """A fake event: acking it (by its message, as ``ack_all`` does) records its offset in
+    the fake consumer's acks."""
+
+    consumer: FakeConsumer | None = None  # set by setup()
+
     def __init__(self, offset: int) -> None:
         self.message = type("M", (), {"tp": P0, "topic": TOPIC, "partition": 0, "offset": offset})()
 
+    def ack(self) -> bool:
+        assert self.consumer is not None
+        self.consumer.acked.append(self.message.offset)
+        return True
 
-def setup() -> tuple[FakeApp, Gate, FakeStream]:
+
+def setup() -> tuple[FakeApp, Gate]:
     commit_guard.guard_topics(TOPIC)
     app = FakeApp()
+    FakeEvent.consumer = app.consumer
     gate = Gate(app, "price_usage", store=FakeStore(), topic=TOPIC, scopes=(),  # type: ignore[arg-type]
                 on_recover=lambda parts, rows: None)  # fmt: skip
-    return app, gate, FakeStream(app.consumer)
+    return app, gate
 
 
 def test_a_record_applied_during_the_rebalance_does_not_stall_its_partition() -> None:
-    app, gate, stream = setup()
+    app, gate = setup()
 
     async def admit(*offsets: int) -> list[int]:
-        kept = await gate.admit(stream, [FakeEvent(o) for o in offsets])
+        kept = await gate.admit([FakeEvent(o) for o in offsets])
         return [e.message.offset for e in kept]
 
     async def scenario() -> None:
         # the rebalance is still under way: record 3 passes unchecked and is applied
         app.rebalancing = True
         batch = [FakeEvent(3)]
-        assert [e.message.offset for e in await gate.admit(stream, batch)] == [3]
+        assert [e.message.offset for e in await gate.admit(batch)] == [3]
         gate.applied(spans_of(batch))
         # settled: the next records are taken in order, with no rewind to 3
         app.rebalancing = False
@@ -115,14 +117,14 @@ def test_a_record_applied_during_the_rebalance_does_not_stall_its_partition() ->
 
 def test_a_skipped_applied_record_moves_the_guard_past_it() -> None:
     # the guard is waiting for 3 (its start), 3 comes again but is already applied
-    app, gate, stream = setup()
+    app, gate = setup()
 
     async def scenario() -> None:
-        assert [e.message.offset for e in await gate.admit(stream, [FakeEvent(3)])] == [3]
+        assert [e.message.offset for e in await gate.admit([FakeEvent(3)])] == [3]
         gate.applied(spans_of([FakeEvent(3)]))
         gate.order.expected.clear()  # as a new generation of the guard would
         gate.order.start_at[P0] = 3  # the stale start of the old code
-        kept = await gate.admit(stream, [FakeEvent(3), FakeEvent(4)])
+        kept = await gate.admit([FakeEvent(3), FakeEvent(4)])
         assert [e.message.offset for e in kept] == [4] and app.consumer.seeks == []
 
     asyncio.run(scenario())

@@ -25,8 +25,9 @@ from typing import Any
 
 from faust.types import TP
 
+from nodemeter_stream.agents.intake import ack_events
 from nodemeter_stream.commit_guard import InOrder, in_order
-from nodemeter_stream.sink.clickhouse import Block, ClickHouseSink, ack_all
+from nodemeter_stream.sink.clickhouse import Block, ClickHouseSink
 from nodemeter_stream.sink.progress import (
     INTENT,
     PROGRESS,
@@ -171,7 +172,7 @@ class Gate:
             {p: (pp.applied, pp.doubt_until) for p, pp in self.progress.items()},
         )  # fmt: skip
 
-    async def admit(self, stream: Any, events: list[Any]) -> list[Any]:
+    async def admit(self, events: list[Any]) -> list[Any]:
         """The records of ``events`` to apply now, in order; applied ones are acked."""
         gen = self.app.consumer_generation_id
         if gen != self.generation or any(e.message.partition not in self.progress for e in events):
@@ -187,7 +188,7 @@ class Gate:
         if skip:
             for e in skip:
                 self.order.passed(e.message.tp, e.message.offset)
-            await ack_all(stream, skip)
+            ack_events(skip)
         return await self.order.admit(keep)
 
     def in_doubt(self, partition: int, offset: int) -> bool:

@@ -1,6 +1,6 @@
 """Agent ``ingest_usage``: usage topic -> validate -> dedupe -> merge -> ClickHouse.
 
-One batch at a time (``noack_take``, concurrency 1), behind the :class:`Gate`
+One batch at a time (``intake.batches``, concurrency 1), behind the :class:`Gate`
 (progress of record, skip what is applied, offset order):
 
 1. classify every record (pure); look up in ClickHouse the events memory cannot vouch
@@ -32,6 +32,7 @@ from nodemeter.errors import RegistryError, UnknownSchemaError
 from nodemeter.events import UsageEvent
 from nodemeter.registry import RegistryClient
 from nodemeter_stream.agents.effects import Gate, apply_batch, spans_of
+from nodemeter_stream.agents.intake import ack_events, batches, raw_topic
 from nodemeter_stream.app import Worker
 from nodemeter_stream.ingest import forward
 from nodemeter_stream.ingest.confluent import SchemaCache
@@ -51,7 +52,7 @@ from nodemeter_stream.ingest.rows import (
     usage_event_row,
 )
 from nodemeter_stream.ingest.tally import tally_batch
-from nodemeter_stream.sink.clickhouse import Block, SinkStopped, ack_all
+from nodemeter_stream.sink.clickhouse import Block, SinkStopped
 from nodemeter_stream.sink.progress import state_row, tally_rows
 from nodemeter_stream.sink.state import StateStore
 from nodemeter_stream.sink.tokens import content_token, offsets_token
@@ -79,7 +80,7 @@ class Ingest:
         app = worker.app
         topics = self.cfg.topics
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.source = app.topic(topics.usage, **raw)
+        self.source = raw_topic(app, topics.usage)  # bytes in one step (agents/intake.py)
         self.dlq = app.topic(topics.dlq, **raw)
         self.by_tenant = app.topic(topics.usage_by_tenant, **raw)
         self.store = StateStore(self.sink, group=self.cfg.app_id)
@@ -404,18 +405,18 @@ def register(worker: Worker) -> Ingest:
 
     @app.agent(ingest.source, concurrency=1, name="ingest_usage")
     async def ingest_usage(stream: Any) -> None:
-        async for batch in stream.noack_take(policy.max_size, within=policy.max_wait_s):
+        async for batch in batches(stream, policy.max_size, policy.max_wait_s):
             if ingest.draining:
                 return  # stopping: leave these unacknowledged for the next worker
             ingest.idle.clear()
             try:
                 # recovery on assignment, applied records skipped, offset order kept
-                events = await ingest.gate.admit(stream, list(batch))
+                events = await ingest.gate.admit(list(batch))
                 if not events:
                     continue
                 # Shielded: a cancellation does not interrupt a ClickHouse write half-way.
                 await asyncio.shield(ingest.process(events))
-                await ack_all(stream, events)
+                ack_events(events)
                 ingest.update_lag(events)
             except SinkStopped:
                 # Shutdown during a ClickHouse outage: leave the batch unacknowledged and

@@ -1,6 +1,6 @@
 """Agent ``price_usage``: usage-by-tenant topic -> priced lines, budget alerts, budget state.
 
-Per batch (``noack_take``, concurrency 1; the topic is keyed by tenant, so one agent
+Per batch (``intake.batches``, concurrency 1; the topic is keyed by tenant, so one agent
 sees all of a tenant's records in order), behind the :class:`~agents.effects.Gate`
 (progress of record, skip what is applied, offset order):
 
@@ -44,12 +44,14 @@ from prometheus_client import Counter
 
 from nodemeter.codec import encode_payload
 from nodemeter_stream.agents.effects import Gate, apply_batch, spans_of
+from nodemeter_stream.agents.intake import ack_events, batches, raw_topic
+from nodemeter_stream.agents.pricer import InlinePricer, Pricer, pricer_from_env
 from nodemeter_stream.app import Worker
 from nodemeter_stream.ingest import forward
 from nodemeter_stream.ingest.decode import DeadLetter, Source
 from nodemeter_stream.ingest.rows import DEAD_LETTER_COLUMNS, dead_letter_row
 from nodemeter_stream.pricing import PricingEngine, load_config
-from nodemeter_stream.pricing.batch import BatchResult, Item, Rejected, price_batch, tenants_due
+from nodemeter_stream.pricing.batch import BatchResult, Item, Rejected, tenants_due
 from nodemeter_stream.pricing.book import EXAMPLES_DIR
 from nodemeter_stream.pricing.lines import PRICED_LINE_COLUMNS
 from nodemeter_stream.pricing.records import (
@@ -62,7 +64,7 @@ from nodemeter_stream.pricing.records import (
     price_book_rows,
     price_book_token,
 )
-from nodemeter_stream.sink.clickhouse import Block, ack_all
+from nodemeter_stream.sink.clickhouse import Block
 from nodemeter_stream.sink.progress import state_row
 from nodemeter_stream.sink.state import StateStore
 from nodemeter_stream.sink.tokens import offsets_token
@@ -100,13 +102,20 @@ def wall_clock() -> datetime:
 
 class Pricing:
     def __init__(
-        self, worker: Worker, engine: PricingEngine, *, clock: Callable[[], datetime] = wall_clock
+        self,
+        worker: Worker,
+        engine: PricingEngine,
+        *,
+        clock: Callable[[], datetime] = wall_clock,
+        pricer: Pricer | None = None,
     ) -> None:
         self.worker, self.engine, self.sink = worker, engine, worker.sink
+        # where price_batch runs (agents/pricer.py); an engine of the caller's: inline
+        self.pricer: Pricer = pricer if pricer is not None else InlinePricer(engine)
         self.clock = clock
         app, cfg, topics = worker.app, worker.config, worker.config.topics
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.source = app.topic(topics.usage_by_tenant, **raw)
+        self.source = raw_topic(app, topics.usage_by_tenant)
         self.alerts_topic = app.topic(topics.budget_alerts, **raw)
         self.state_topic = app.topic(topics.budget_state, **raw)
         self.dlq = app.topic(topics.dlq, **raw)
@@ -179,7 +188,7 @@ class Pricing:
         items = self.items(events)
         sources = [Source(topic=e.message.topic, partition=e.message.partition,
                           offset=e.message.offset) for e in events]  # fmt: skip
-        res = price_batch(self.engine, items, get_state=self.tenants.get)
+        res = await self.pricer.price(items, self.tenants)
         lines = res.lines
         if res.doubt_lines:
             by_window: dict[tuple[str, str], list[str]] = {}
@@ -286,23 +295,31 @@ class Pricing:
 
 def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
     """Add the ``price_usage`` agent to the worker's app."""
-    pricing = Pricing(worker, engine or engine_from_env())
+    if engine is None:
+        engine = engine_from_env()
+        pricing = Pricing(worker, engine, pricer=pricer_from_env(engine))
+    else:
+        pricing = Pricing(worker, engine)
     app, policy = worker.app, worker.config.batch_policy
     worker.extras["pricing"] = pricing
 
     worker.extras["pricing_order"] = pricing.gate.order
 
+    @app.task
+    async def start_pricer() -> None:
+        await pricing.pricer.start()
+
     @app.agent(pricing.source, concurrency=1, name="price_usage")
     async def price_usage(stream: Any) -> None:
-        async for batch in stream.noack_take(policy.max_size, within=policy.max_wait_s):
+        async for batch in batches(stream, policy.max_size, policy.max_wait_s):
             # recovery on assignment, applied records skipped, offset order kept (the
             # tenant states price a tenant's records in order)
-            events = await pricing.gate.admit(stream, list(batch))
+            events = await pricing.gate.admit(list(batch))
             if not events:
                 continue
             # Shielded: a SIGTERM lets the batch in flight finish and be acknowledged.
             await asyncio.shield(pricing.process(events))
-            await ack_all(stream, events)
+            ack_events(events)
 
     interval = tick_interval_from_env()
     if interval > 0:

@@ -2,16 +2,16 @@
 
 Use it like this (the ingest and pricing agents do)::
 
-    async for events in stream.noack_take(policy.max_size, within=policy.max_wait_s):
+    async for events in batches(stream, policy.max_size, policy.max_wait_s):
         blocks = [Block(table=..., columns=..., rows=..., token=offsets_token(...))]
         await sink.write(blocks)          # returns only once ClickHouse acknowledged
-        await ack_all(stream, events)     # now the offsets may be committed
+        ack_events(events)                # now the offsets may be committed
 
 * Each :class:`Block` is one insert tagged with ``insert_deduplication_token``; the
   tables set ``non_replicated_deduplication_window``, so re-sending a block after a
   crash or a lost acknowledgement is a no-op.
 * ``write`` retries with exponential backoff for as long as ClickHouse is down. The
-  agent awaits it, its ``noack_take`` buffer fills and Faust stops fetching: the
+  agent awaits it, its channel's queue fills and Faust stops fetching: the
   outage pauses consumption and nothing is acknowledged, so nothing is lost.
 * An error no retry can fix (:func:`permanent`: a value that does not fit its column,
   a parse error; not a schema error) is not retried: the block is split in
@@ -287,9 +287,3 @@ class ClickHouseSink:
 def _is_connection_lost(exc: BaseException) -> bool:
     name = type(exc).__name__
     return "Operational" in name or "Connection" in name or isinstance(exc, OSError)
-
-
-async def ack_all(stream: Any, events: Iterable[Any]) -> None:
-    """Ack events only after their effects are stored: then Faust may commit them."""
-    for event in events:
-        await stream.ack(event)
