@@ -33,6 +33,7 @@ from nodemeter_stream.sink.progress import (
     PROGRESS,
     PartitionProgress,
     StateRow,
+    exact_redo,
     intent_rows,
     progress_rows,
     ranges,
@@ -43,6 +44,9 @@ from nodemeter_stream.sink.state import StateStore
 log = logging.getLogger("nodemeter.effects")
 
 Spans = dict[tuple[str, int], tuple[int, int]]
+
+# How long the Gate waits for the records of a batch in doubt to arrive whole.
+REDO_WAIT_S = 60.0
 
 
 def spans_of(events: Sequence[Any]) -> Spans:
@@ -86,10 +90,12 @@ async def apply_batch(
     send: Callable[[], Awaitable[None]] | None,
     states: Sequence[Sequence[object]],
     agent: str = "",
+    whole: bool = True,
 ) -> None:
-    """Steps 1-4 of a batch (see the module docstring); returns once all are stored."""
+    """Steps 1-4 of a batch (see the module docstring); returns once all are stored.
+    ``whole``: its blocks hold everything its records give (``Gate.whole``)."""
     CRASH.begin(agent)
-    await sink.write([store.block(intent_rows(store.group, spans))])
+    await sink.write([store.block(intent_rows(store.group, spans, whole=whole))])
     CRASH.after(agent, "intent")
     await sink.write(blocks)
     CRASH.after(agent, "write")
@@ -121,6 +127,13 @@ class Gate:
         self.order: InOrder = in_order(app, name)
         self.progress: dict[int, PartitionProgress] = {}
         self.generation: Any = object()
+        # the batch in doubt, re-formed whole before anything after it (exact_redo):
+        # its records by (partition, offset), and the later records held meanwhile
+        self.redo: tuple[tuple[int, int, int], ...] | None = None
+        self._redo_records: dict[tuple[int, int], Any] = {}
+        self._held: list[Any] = []
+        self._redo_since = 0.0
+        self.redo_wait_s = REDO_WAIT_S
 
     def assigned(self) -> list[int]:
         return sorted(
@@ -164,6 +177,13 @@ class Gate:
             starts = consumer.start_offsets = {}
         starts.update(start)
         self.order.expected.clear()
+        self.redo = exact_redo(self.progress)
+        self._redo_records, self._held = {}, []
+        self._redo_since = time.monotonic()
+        if self.redo is None and any(pp.doubt_until > pp.applied for pp in self.progress.values()):
+            log.warning("%s: the batch in doubt cannot be re-formed whole here (%s); what "
+                        "the lookups find stored is not written again", self.name,
+                        {p: pp.batch for p, pp in self.progress.items() if pp.batch})  # fmt: skip
         self.on_recover(parts, [r for r in rows if r.scope in self.scopes])
         took = time.perf_counter() - t0
         log.info(
@@ -172,8 +192,12 @@ class Gate:
             {p: (pp.applied, pp.doubt_until) for p, pp in self.progress.items()},
         )  # fmt: skip
 
-    async def admit(self, events: list[Any]) -> list[Any]:
-        """The records of ``events`` to apply now, in order; applied ones are acked."""
+    async def admit(self, events: list[Any]) -> list[tuple[list[Any], bool]]:
+        """The batches to apply now, in order, each with ``redo``: True for the batch in
+        doubt re-formed whole (apply it as it was first applied, nothing dropped as
+        stored: :func:`~nodemeter_stream.sink.progress.exact_redo`). Applied records
+        are acked; records of the batch in doubt and those after it wait until it is
+        whole (or ``redo_wait_s`` passed: then they go as one ordinary batch)."""
         gen = self.app.consumer_generation_id
         if gen != self.generation or any(e.message.partition not in self.progress for e in events):
             await self.recover()
@@ -189,7 +213,42 @@ class Gate:
             for e in skip:
                 self.order.passed(e.message.tp, e.message.offset)
             ack_events(skip)
-        return await self.order.admit(keep)
+        keep = await self.order.admit(keep)
+        if self.redo is None:
+            return [(keep, False)] if keep else []
+        return self._re_form(keep)
+
+    def _re_form(self, events: list[Any]) -> list[tuple[list[Any], bool]]:
+        assert self.redo is not None
+        last = {p: b for p, _, b in self.redo}
+        for e in events:
+            m = e.message
+            if m.partition in last and m.offset <= last[m.partition]:
+                self._redo_records[(m.partition, m.offset)] = e  # a replay replaces it
+            else:
+                self._held.append(e)
+        whole = len(self._redo_records) == sum(b - a + 1 for _, a, b in self.redo)
+        if whole:
+            batch = [self._redo_records[k] for k in sorted(self._redo_records)]
+            out = [(batch, True)]
+        elif time.monotonic() - self._redo_since >= self.redo_wait_s:
+            log.warning("%s: the batch in doubt %s did not arrive whole within %.0f s "
+                        "(%d of its records); applying what came, dropping what is "
+                        "stored", self.name, self.redo, self.redo_wait_s,
+                        len(self._redo_records))  # fmt: skip
+            out = [([self._redo_records[k] for k in sorted(self._redo_records)], False)]
+        else:
+            return []
+        if self._held:
+            out.append((self._held, False))
+        self.redo, self._redo_records, self._held = None, {}, []
+        return [(b, r) for b, r in out if b]
+
+    def whole(self, events: Sequence[Any], redo: bool) -> bool:
+        """The batch's blocks will hold everything its records give: it is the batch in
+        doubt re-formed whole, or holds no record in doubt (nothing dropped as stored)."""
+        return redo or not any(self.in_doubt(e.message.partition, e.message.offset)
+                               for e in events)  # fmt: skip
 
     def in_doubt(self, partition: int, offset: int) -> bool:
         pp = self.progress.get(partition)

@@ -155,7 +155,10 @@ class Ingest:
                 out.append((rec.tenant, rec.event_time, rec.event_id))
         return out
 
-    async def process(self, events: Sequence[Any]) -> BatchPlan:
+    async def process(self, events: Sequence[Any], *, redo: bool = False) -> BatchPlan:
+        """Apply one batch; ``redo``: it is the batch in doubt re-formed whole, so the
+        events a first attempt stored go into the same block again (the insert token
+        drops them where they are stored, and feeds the views where they are not)."""
         t_start = time.perf_counter()
         now_ms = self.clock()
         self.metrics.events_in.inc(len(events))
@@ -201,7 +204,7 @@ class Ingest:
                             partition=a.source.partition,
                             offset=a.source.offset,
                         )
-                        for rec, a in plan.usage_to_insert()
+                        for rec, a in plan.usage_to_insert(again=redo)
                     ],
                     token=offsets_token("usage_events", sources),
                 ),
@@ -232,6 +235,7 @@ class Ingest:
                 send=lambda: self.send(plan, now_ms),
                 states=rows,
                 agent="ingest_usage",
+                whole=self.gate.whole(events, redo),
             )
             for key, st in plan.states.items():
                 self.remember(key, st)
@@ -410,14 +414,13 @@ def register(worker: Worker) -> Ingest:
                 return  # stopping: leave these unacknowledged for the next worker
             ingest.idle.clear()
             try:
-                # recovery on assignment, applied records skipped, offset order kept
-                events = await ingest.gate.admit(list(batch))
-                if not events:
-                    continue
-                # Shielded: a cancellation does not interrupt a ClickHouse write half-way.
-                await asyncio.shield(ingest.process(events))
-                ack_events(events)
-                ingest.update_lag(events)
+                # recovery on assignment, applied records skipped, offset order kept, the
+                # batch in doubt re-formed whole
+                for events, redo in await ingest.gate.admit(list(batch)):
+                    # Shielded: a cancellation does not interrupt a ClickHouse write.
+                    await asyncio.shield(ingest.process(events, redo=redo))
+                    ack_events(events)
+                    ingest.update_lag(events)
             except SinkStopped:
                 # Shutdown during a ClickHouse outage: leave the batch unacknowledged and
                 # unrecorded (the next worker applies it from the progress of record).

@@ -179,7 +179,9 @@ class Pricing:
                 out.append(Item(m.topic, m.partition, m.offset, key, value, doubt=doubt))
         return out
 
-    async def process(self, events: list[Any]) -> BatchResult:
+    async def process(self, events: list[Any], *, redo: bool = False) -> BatchResult:
+        """Price and apply one batch; ``redo``: the batch in doubt re-formed whole,
+        whose lines go out as first computed, stored or not (see ``Gate.admit``)."""
         if not self.books_written:
             # with the first batch, not in a task of its own: while ClickHouse is down
             # the agent waits in the sink like every other write, and stops cleanly
@@ -190,7 +192,7 @@ class Pricing:
                           offset=e.message.offset) for e in events]  # fmt: skip
         res = await self.pricer.price(items, self.tenants)
         lines = res.lines
-        if res.doubt_lines:
+        if res.doubt_lines and not redo:
             by_window: dict[tuple[str, str], list[str]] = {}
             times: dict[tuple[str, str], tuple[datetime, datetime]] = {}
             for ln in lines:
@@ -234,7 +236,8 @@ class Pricing:
 
         spans = spans_of(events)
         await apply_batch(sink=self.sink, store=self.store, spans=spans, blocks=blocks,
-                          send=send, states=rows, agent="price_usage")  # fmt: skip
+                          send=send, states=rows, agent="price_usage",
+                          whole=self.gate.whole(events, redo))  # fmt: skip
         self.tenants.update({tenant: st for tenant, (_, st) in res.states.items()})
         self.gate.applied(spans)
         self.m_lines.inc(len(lines))
@@ -314,12 +317,10 @@ def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
         async for batch in batches(stream, policy.max_size, policy.max_wait_s):
             # recovery on assignment, applied records skipped, offset order kept (the
             # tenant states price a tenant's records in order)
-            events = await pricing.gate.admit(list(batch))
-            if not events:
-                continue
-            # Shielded: a SIGTERM lets the batch in flight finish and be acknowledged.
-            await asyncio.shield(pricing.process(events))
-            ack_events(events)
+            for events, redo in await pricing.gate.admit(list(batch)):
+                # Shielded: a SIGTERM lets the batch in flight finish and be acknowledged.
+                await asyncio.shield(pricing.process(events, redo=redo))
+                ack_events(events)
 
     interval = tick_interval_from_env()
     if interval > 0:

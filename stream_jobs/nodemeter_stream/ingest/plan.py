@@ -56,12 +56,14 @@ class BatchPlan:
     states: dict[str, RequestState] = field(default_factory=dict)
     emissions: list[Emission] = field(default_factory=list)
 
-    def usage_to_insert(self) -> list[tuple[UsageEvent, Accepted]]:
+    def usage_to_insert(self, *, again: bool = False) -> list[tuple[UsageEvent, Accepted]]:
+        """The usage rows to insert; ``again``: those a previous attempt of this very
+        batch stored too (a batch in doubt re-formed whole, re-sent under its token)."""
         return [
             (a.record, a)
             for a in self.fresh
             if isinstance(a.record, UsageEvent)
-            and (a.record.tenant, a.record.event_id) not in self.already_stored
+            and (again or (a.record.tenant, a.record.event_id) not in self.already_stored)
         ]
 
 

@@ -11,13 +11,15 @@ effects go to ClickHouse in this order (``agents.effects.apply_batch``):
 On assignment an agent reads these rows (:func:`recover`): a record at or below the
 progress offset is already applied and skipped, whatever Faust committed; a record up
 to an intent newer than the progress is *in doubt* (its effects may be partly stored)
-and is applied again with lookups that drop what is already stored; anything later is
-new. Faust's offset commit is then an optimisation: running ahead or behind, it can no
+and is applied again: as the whole batch it belonged to when this worker holds all of
+it (:func:`exact_redo`), with the same blocks under the same tokens, else with lookups
+that drop what is already stored; anything later is new. Faust's offset commit is then an optimisation: running ahead or behind, it can no
 longer lose or double anything.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +67,9 @@ class PartitionProgress:
 
     applied: int = -1
     doubt_until: int = -1
+    # the batch in doubt, whole: (partition, first, last) of every source partition it
+    # covered, as its intent rows name it (None: unknown, e.g. rows of an older version)
+    batch: tuple[tuple[int, int, int], ...] | None = None
 
     def classify(self, offset: int) -> str:
         """'applied' (skip), 'doubt' (re-apply with lookups) or 'new'."""
@@ -105,10 +110,47 @@ def recover(rows: Iterable[StateRow]) -> dict[tuple[str, int], PartitionProgress
         a, i = applied.get(tp), intents.get(tp)
         done = a.offset if a is not None else -1
         doubt = -1
+        batch = None
         if i is not None and (a is None or i.version > a.version) and i.offset > done:
             doubt = i.offset
-        out[tp] = PartitionProgress(applied=done, doubt_until=doubt)
+            batch = batch_of(i.value)
+        out[tp] = PartitionProgress(applied=done, doubt_until=doubt, batch=batch)
     return out
+
+
+def batch_of(value: str) -> tuple[tuple[int, int, int], ...] | None:
+    """The whole batch an intent row announces (see :func:`intent_rows`), or None."""
+    if not value:
+        return None
+    try:
+        spans = json.loads(value)["batch"]
+        return tuple(sorted((int(p), int(a), int(b)) for p, a, b in spans))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def exact_redo(
+    progress: Mapping[int, PartitionProgress],
+) -> tuple[tuple[int, int, int], ...] | None:
+    """The batch in doubt, if it can be applied again *exactly* (pure): its intent rows
+    name it whole, every partition of it is among ``progress`` (assigned here) and each
+    is in doubt over just that range. Applied again from the same records and the same
+    stored states, a batch gives the same blocks under the same insert tokens, so every
+    table and every materialized view keeps one copy, whatever part of the first
+    attempt a crash cut off. None: no batch in doubt, or not one this worker can
+    re-form (then the agents drop what the lookups find stored: see docs/worker.md)."""
+    named = {pp.batch for pp in progress.values() if pp.doubt_until > pp.applied}
+    if len(named) != 1:
+        return None
+    (batch,) = named
+    if batch is None:
+        return None
+    for p, first, last in batch:
+        pp = progress.get(p)
+        if pp is None or pp.applied != first - 1 or pp.doubt_until != last:
+            return None
+    in_doubt = {p for p, pp in progress.items() if pp.doubt_until > pp.applied}
+    return batch if in_doubt == {p for p, _, _ in batch} else None
 
 
 def ranges(positions: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], tuple[int, int]]:
@@ -122,20 +164,27 @@ def ranges(positions: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], t
 
 
 def _range_rows(
-    group: str, scope: str, spans: Mapping[tuple[str, int], tuple[int, int]]
+    group: str, scope: str, spans: Mapping[tuple[str, int], tuple[int, int]], value: str = ""
 ) -> list[Sequence[object]]:
     v = next_version()
     return [
-        (group, scope, t, p, "", v, last, first, 0, "")
+        (group, scope, t, p, "", v, last, first, 0, value)
         for (t, p), (first, last) in sorted(spans.items())
     ]
 
 
 def intent_rows(
-    group: str, spans: Mapping[tuple[str, int], tuple[int, int]]
+    group: str, spans: Mapping[tuple[str, int], tuple[int, int]], *, whole: bool = True
 ) -> list[Sequence[object]]:
-    """Rows announcing that these offset ranges are being applied."""
-    return _range_rows(group, INTENT, spans)
+    """Rows announcing that these offset ranges are being applied; each names the whole
+    batch in ``value`` (``{"batch": [[partition, first, last], ...]}``), so that a
+    recovery can tell whether it holds all of it (:func:`exact_redo`). ``whole=False``:
+    a batch that dropped what a lookup found stored (a batch in doubt not re-formed
+    whole) is never re-formed exactly either: its blocks held less than the records."""
+    if not whole:
+        return _range_rows(group, INTENT, spans)
+    batch = json.dumps({"batch": sorted([p, a, b] for (_, p), (a, b) in spans.items())})
+    return _range_rows(group, INTENT, spans, value=batch)
 
 
 def progress_rows(
