@@ -125,9 +125,9 @@ def test_a_killed_pricing_process_is_replaced_and_the_batch_priced_again() -> No
     assert run_pricer(pricer, BATCHES, between=kill_child) == want
 
 
-@pytest.mark.parametrize(("raw", "kind"), [(None, ProcessPricer), ("1", ProcessPricer),
-                                           ("0", InlinePricer)])  # fmt: skip
-def test_the_pricing_process_is_the_default_and_can_be_turned_off(
+@pytest.mark.parametrize(("raw", "kind"), [(None, InlinePricer), ("0", InlinePricer),
+                                           ("1", ProcessPricer)])  # fmt: skip
+def test_the_pricing_process_is_off_by_default_and_can_be_turned_on(
     monkeypatch: pytest.MonkeyPatch, raw: str | None, kind: type
 ) -> None:
     if raw is None:

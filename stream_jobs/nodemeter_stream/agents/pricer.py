@@ -17,9 +17,11 @@ record key (forwards and ticks are keyed by tenant). Should a record decode to a
 tenant that this worker holds state for, the child says so (:class:`NeedsState`) and
 the batch is priced again with that state: never from a fresh state by mistake.
 
-``NODEMETER_PRICING_PROCESS=0`` keeps pricing in the event loop (:class:`InlinePricer`),
-as do the tests that hand the agent an engine of their own; ``bench/bench_worker.py``
-measures both.
+``NODEMETER_PRICING_PROCESS=1`` turns it on; the default (0) keeps pricing in the event
+loop (:class:`InlinePricer`), as do the tests that hand the agent an engine of their
+own. ``bench/bench_worker.py`` measures both (docs/worker.md): on this project's 2-core
+machine the child finds no free core, so it is off by default; it is for machines
+where the worker has cores to spare.
 """
 
 from __future__ import annotations
@@ -175,8 +177,10 @@ class ProcessPricer:
 
 
 def pricer_from_env(engine: PricingEngine) -> Pricer:
-    """``NODEMETER_PRICING_PROCESS`` (default 1): price in a child process; 0: inline."""
-    raw = os.environ.get("NODEMETER_PRICING_PROCESS", "1").strip()
+    """``NODEMETER_PRICING_PROCESS``: 1, price in a child process; 0 (the default): in
+    the event loop. On a 2-core machine the child found no free core (the broker and
+    chDB's threads take it): no faster there, slower under load (docs/worker.md)."""
+    raw = os.environ.get("NODEMETER_PRICING_PROCESS", "0").strip()
     if raw not in ("0", "1"):
         raise ConfigError(f"NODEMETER_PRICING_PROCESS must be 0 or 1, not {raw!r}")
     return ProcessPricer(engine) if raw == "1" else InlinePricer(engine)
