@@ -162,6 +162,21 @@ def test_a_batch_in_doubt_that_does_not_come_whole_goes_as_an_ordinary_one() -> 
     assert asyncio.run(scenario()) == [([(0, 5), (0, 6), (0, 7)], False), ([(0, 8)], False)]
 
 
+def test_the_records_held_behind_a_batch_in_doubt_are_bounded() -> None:
+    _, gate = gate_on_two_partitions()
+    gate.held_max = 2
+
+    async def scenario() -> list[Any]:
+        assert await gate.admit([Event(0, 5), Event(0, 6), Event(0, 7), Event(0, 8)]) == []
+        # 1:3 still missing and a third later record held: no more waiting
+        return shape(await gate.admit([Event(0, 9), Event(0, 10)]))
+
+    assert asyncio.run(scenario()) == [
+        ([(0, 5), (0, 6), (0, 7)], False),
+        ([(0, 8), (0, 9), (0, 10)], False),
+    ]
+
+
 def test_only_a_batch_that_dropped_nothing_is_whole() -> None:
     _, gate = gate_on_two_partitions()
 

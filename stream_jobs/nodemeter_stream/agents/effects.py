@@ -45,8 +45,10 @@ log = logging.getLogger("nodemeter.effects")
 
 Spans = dict[tuple[str, int], tuple[int, int]]
 
-# How long the Gate waits for the records of a batch in doubt to arrive whole.
+# How long the Gate waits for the records of a batch in doubt to arrive whole, and how
+# many later records it holds meanwhile (memory stays bounded if they never do).
 REDO_WAIT_S = 60.0
+HELD_MAX = 50_000
 
 
 def spans_of(events: Sequence[Any]) -> Spans:
@@ -134,6 +136,7 @@ class Gate:
         self._held: list[Any] = []
         self._redo_since = 0.0
         self.redo_wait_s = REDO_WAIT_S
+        self.held_max = HELD_MAX
 
     def assigned(self) -> list[int]:
         return sorted(
@@ -197,7 +200,8 @@ class Gate:
         doubt re-formed whole (apply it as it was first applied, nothing dropped as
         stored: :func:`~nodemeter_stream.sink.progress.exact_redo`). Applied records
         are acked; records of the batch in doubt and those after it wait until it is
-        whole (or ``redo_wait_s`` passed: then they go as one ordinary batch)."""
+        whole (or ``redo_wait_s`` passed, or over ``held_max`` later records came: then
+        they go as ordinary batches)."""
         gen = self.app.consumer_generation_id
         if gen != self.generation or any(e.message.partition not in self.progress for e in events):
             await self.recover()
@@ -231,11 +235,14 @@ class Gate:
         if whole:
             batch = [self._redo_records[k] for k in sorted(self._redo_records)]
             out = [(batch, True)]
-        elif time.monotonic() - self._redo_since >= self.redo_wait_s:
-            log.warning("%s: the batch in doubt %s did not arrive whole within %.0f s "
-                        "(%d of its records); applying what came, dropping what is "
-                        "stored", self.name, self.redo, self.redo_wait_s,
-                        len(self._redo_records))  # fmt: skip
+        elif (
+            time.monotonic() - self._redo_since >= self.redo_wait_s
+            or len(self._held) > self.held_max
+        ):
+            log.warning("%s: the batch in doubt %s did not arrive whole (%d of its "
+                        "records within %.0f s, %d later ones held); applying what came, "
+                        "dropping what is stored", self.name, self.redo,
+                        len(self._redo_records), self.redo_wait_s, len(self._held))  # fmt: skip
             out = [([self._redo_records[k] for k in sorted(self._redo_records)], False)]
         else:
             return []
