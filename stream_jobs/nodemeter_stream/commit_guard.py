@@ -31,7 +31,12 @@ faust-streaming's aiokafka consumer, registered as the ``nodemeter://`` transpor
   due (retention deleted records before they were read), it says so loudly and goes on
   from the log start.
 
-Other topics (tables' changelogs) keep Faust's behaviour. The pure decisions are
+Its fetch loop (``_drain_messages``) is Faust's, except that a record the conductor can
+deliver without waiting is handed over directly, not raced against ``suspend_flow`` in
+an asyncio wait (two tasks per record; docs/worker.md, "Intake and pricing off the
+event loop").
+
+Other topics (tables' changelogs) keep Faust's behaviour for commits. The pure decisions are
 :func:`head_missing` and :func:`admit`; the rest is wiring onto Faust's consumer.
 """
 
@@ -121,9 +126,10 @@ class GuardedConsumer(_AIOKafkaConsumer):  # type: ignore[misc]
         """faust-streaming 0.15.3's fetch loop (``Consumer._drain_messages``), but a
         record the conductor can deliver without waiting (:meth:`_delivers_now`) is
         handed over directly instead of raced against ``suspend_flow`` in an asyncio
-        wait, which makes two tasks per record: about 45 µs of the trivial agent's 90 µs
-        per record here (``bench/faust_ceiling.py --transport nodemeter``). A record whose delivery
-        could wait keeps Faust's race, so a rebalance still abandons it."""
+        wait, which makes two tasks per record (``bench/faust_ceiling.py --transport
+        nodemeter --intake batches``: 30,300 records/s against 16,900 on Faust's loop).
+        A record whose delivery could wait keeps Faust's race, so a rebalance still
+        abandons it."""
         callback = self.callback
         stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
         read_offset = self._read_offset
