@@ -33,8 +33,8 @@ faust-streaming's aiokafka consumer, registered as the ``nodemeter://`` transpor
 
 Its fetch loop (``_drain_messages``) is Faust's, except that a record the conductor can
 deliver without waiting is handed over directly, not raced against ``suspend_flow`` in
-an asyncio wait (two tasks per record; docs/worker.md, "Intake and pricing off the
-event loop").
+an asyncio wait (two tasks per record; docs/worker.md, "Intake off the event
+loop").
 
 Other topics (tables' changelogs) keep Faust's behaviour for commits. The pure decisions are
 :func:`head_missing` and :func:`admit`; the rest is wiring onto Faust's consumer.

@@ -223,9 +223,6 @@ def run(args: argparse.Namespace) -> int:
         return int(exc.code or 0)
     finally:
         worker.sink.stop()
-        pricing = worker.extras.get("pricing")
-        if pricing is not None:
-            pricing.pricer.close()  # the pricing process (agents/pricer.py), if started
     return 0
 
 

@@ -45,13 +45,12 @@ from prometheus_client import Counter
 from nodemeter.codec import encode_payload
 from nodemeter_stream.agents.effects import Gate, apply_batch, spans_of
 from nodemeter_stream.agents.intake import ack_events, batches, raw_topic
-from nodemeter_stream.agents.pricer import InlinePricer, Pricer, pricer_from_env
 from nodemeter_stream.app import Worker
 from nodemeter_stream.ingest import forward
 from nodemeter_stream.ingest.decode import DeadLetter, Source
 from nodemeter_stream.ingest.rows import DEAD_LETTER_COLUMNS, dead_letter_row
 from nodemeter_stream.pricing import PricingEngine, load_config
-from nodemeter_stream.pricing.batch import BatchResult, Item, Rejected, tenants_due
+from nodemeter_stream.pricing.batch import BatchResult, Item, Rejected, price_batch, tenants_due
 from nodemeter_stream.pricing.book import EXAMPLES_DIR
 from nodemeter_stream.pricing.lines import PRICED_LINE_COLUMNS
 from nodemeter_stream.pricing.records import (
@@ -102,16 +101,9 @@ def wall_clock() -> datetime:
 
 class Pricing:
     def __init__(
-        self,
-        worker: Worker,
-        engine: PricingEngine,
-        *,
-        clock: Callable[[], datetime] = wall_clock,
-        pricer: Pricer | None = None,
+        self, worker: Worker, engine: PricingEngine, *, clock: Callable[[], datetime] = wall_clock
     ) -> None:
         self.worker, self.engine, self.sink = worker, engine, worker.sink
-        # where price_batch runs (agents/pricer.py); an engine of the caller's: inline
-        self.pricer: Pricer = pricer if pricer is not None else InlinePricer(engine)
         self.clock = clock
         app, cfg, topics = worker.app, worker.config, worker.config.topics
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -190,7 +182,7 @@ class Pricing:
         items = self.items(events)
         sources = [Source(topic=e.message.topic, partition=e.message.partition,
                           offset=e.message.offset) for e in events]  # fmt: skip
-        res = await self.pricer.price(items, self.tenants)
+        res = price_batch(self.engine, items, get_state=self.tenants.get)
         lines = res.lines
         if res.doubt_lines and not redo:
             by_window: dict[tuple[str, str], list[str]] = {}
@@ -298,19 +290,11 @@ class Pricing:
 
 def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
     """Add the ``price_usage`` agent to the worker's app."""
-    if engine is None:
-        engine = engine_from_env()
-        pricing = Pricing(worker, engine, pricer=pricer_from_env(engine))
-    else:
-        pricing = Pricing(worker, engine)
+    pricing = Pricing(worker, engine or engine_from_env())
     app, policy = worker.app, worker.config.batch_policy
     worker.extras["pricing"] = pricing
 
     worker.extras["pricing_order"] = pricing.gate.order
-
-    @app.task
-    async def start_pricer() -> None:
-        await pricing.pricer.start()
 
     @app.agent(pricing.source, concurrency=1, name="price_usage")
     async def price_usage(stream: Any) -> None:
