@@ -16,7 +16,7 @@ from faust.types import TP
 from test_gate_in_order import TOPIC, FakeApp, FakeConsumer, FakeEvent
 
 from nodemeter_stream import commit_guard
-from nodemeter_stream.agents.effects import Gate
+from nodemeter_stream.agents.effects import Gate, spans_of
 from nodemeter_stream.sink.progress import (
     INTENT,
     PROGRESS,
@@ -182,11 +182,11 @@ def test_only_a_batch_that_dropped_nothing_is_whole() -> None:
 
     async def scenario() -> tuple[bool, bool, bool]:
         await gate.admit([Event(0, 5)])  # recovers: 0:5..7 and 1:3 in doubt
-        doubtful = [Event(0, 5)]
+        doubtful = spans_of([Event(0, 5)])
         return (
             gate.whole(doubtful, False),
             gate.whole(doubtful, True),
-            gate.whole([Event(0, 8)], False),
+            gate.whole(spans_of([Event(0, 8)]), False),
         )
 
     assert asyncio.run(scenario()) == (False, True, True)

@@ -251,11 +251,14 @@ class Gate:
         self.redo, self._redo_records, self._held = None, {}, []
         return [(b, r) for b, r in out if b]
 
-    def whole(self, events: Sequence[Any], redo: bool) -> bool:
+    def whole(self, spans: Spans, redo: bool) -> bool:
         """The batch's blocks will hold everything its records give: it is the batch in
-        doubt re-formed whole, or holds no record in doubt (nothing dropped as stored)."""
-        return redo or not any(self.in_doubt(e.message.partition, e.message.offset)
-                               for e in events)  # fmt: skip
+        doubt re-formed whole, or holds no record in doubt (nothing dropped as stored).
+        Decided on its spans: records are in doubt from a partition's first offset on."""
+        return redo or not any(
+            (pp := self.progress.get(p)) is not None and pp.doubt_until >= first > pp.applied
+            for (_, p), (first, _) in spans.items()
+        )
 
     def in_doubt(self, partition: int, offset: int) -> bool:
         pp = self.progress.get(partition)

@@ -235,7 +235,7 @@ class Ingest:
                 send=lambda: self.send(plan, now_ms),
                 states=rows,
                 agent="ingest_usage",
-                whole=self.gate.whole(events, redo),
+                whole=self.gate.whole(spans, redo),
             )
             for key, st in plan.states.items():
                 self.remember(key, st)

@@ -4,10 +4,10 @@ faust-streaming's ``Stream.noack_take`` hands an agent its records one at a time
 the stream's iterator: an asyncio wait with a task per record, sensors and the
 current-event context. ``bench/faust_ceiling.py`` on this project's 2-core machine:
 11,900 records/s with ``noack_take``, 16,900 with these batches (Faust's transport), and
-13,500 against 30,300 on the worker's transport (docs/worker.md). :func:`batches` takes the same records
-from the same queue (the agent's channel, which Faust's conductor fills as it reads the
-topic) in bulk: everything queued at once, then short polls until the batch is full or
-its first record has waited ``within`` seconds.
+13,500 against 30,300 on the worker's transport (docs/worker.md). :func:`batches`
+takes the same records from the same queue (the agent's channel, which Faust's
+conductor fills as it reads the topic) in bulk: everything queued at once, then short
+polls until the batch is full or its first record has waited ``within`` seconds.
 
 What the stream's iterator did per record and this does not: the monitor's per-event
 sensors (so :func:`ack_events` acks through the event, not through the stream, to keep
@@ -74,9 +74,9 @@ def ack_events(events: Iterable[Any]) -> None:
 class RawSchema(faust.Schema):  # type: ignore[misc]
     """Keys and values as the bytes that arrived (the ``raw`` codec), decoded in one
     step: Faust's schema looks the codec up and calls it twice per record (13 % of the
-    worker's GIL-holding samples in a py-spy profile at full speed); for bytes the ``raw`` codec returns
-    them unchanged, so this builds the event from them directly. Sending through a
-    topic with this schema encodes as ``raw`` does (inherited)."""
+    worker's GIL-holding samples in a py-spy profile at full speed); for bytes the
+    ``raw`` codec returns them unchanged, so this builds the event from them directly.
+    Sending through a topic with this schema encodes as ``raw`` does (inherited)."""
 
     def __init__(self) -> None:
         super().__init__(key_serializer="raw", value_serializer="raw")

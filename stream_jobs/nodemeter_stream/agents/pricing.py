@@ -229,7 +229,7 @@ class Pricing:
         spans = spans_of(events)
         await apply_batch(sink=self.sink, store=self.store, spans=spans, blocks=blocks,
                           send=send, states=rows, agent="price_usage",
-                          whole=self.gate.whole(events, redo))  # fmt: skip
+                          whole=self.gate.whole(spans, redo))  # fmt: skip
         self.tenants.update({tenant: st for tenant, (_, st) in res.states.items()})
         self.gate.applied(spans)
         self.m_lines.inc(len(lines))

@@ -13,8 +13,9 @@ progress offset is already applied and skipped, whatever Faust committed; a reco
 to an intent newer than the progress is *in doubt* (its effects may be partly stored)
 and is applied again: as the whole batch it belonged to when this worker holds all of
 it (:func:`exact_redo`), with the same blocks under the same tokens, else with lookups
-that drop what is already stored; anything later is new. Faust's offset commit is then an optimisation: running ahead or behind, it can no
-longer lose or double anything.
+that drop what is already stored; anything later is new. Faust's offset commit is
+then an optimisation: running ahead or behind, it can no longer lose or double
+anything.
 """
 
 from __future__ import annotations
@@ -139,18 +140,17 @@ def exact_redo(
     table and every materialized view keeps one copy, whatever part of the first
     attempt a crash cut off. None: no batch in doubt, or not one this worker can
     re-form (then the agents drop what the lookups find stored: see docs/worker.md)."""
-    named = {pp.batch for pp in progress.values() if pp.doubt_until > pp.applied}
+    in_doubt = {p: pp for p, pp in progress.items() if pp.doubt_until > pp.applied}
+    named = {pp.batch for pp in in_doubt.values()}
     if len(named) != 1:
         return None
     (batch,) = named
-    if batch is None:
+    # the batch's partitions are exactly those in doubt, each over just its range
+    if batch is None or {(p, pp.applied + 1, pp.doubt_until) for p, pp in in_doubt.items()} != set(
+        batch
+    ):
         return None
-    for p, first, last in batch:
-        pp = progress.get(p)
-        if pp is None or pp.applied != first - 1 or pp.doubt_until != last:
-            return None
-    in_doubt = {p for p, pp in progress.items() if pp.doubt_until > pp.applied}
-    return batch if in_doubt == {p for p, _, _ in batch} else None
+    return batch
 
 
 def ranges(positions: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], tuple[int, int]]:
