@@ -204,9 +204,20 @@ def run(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(ingest.idle.wait(), cfg.session_timeout_s)
             await worker.app.commit(None)
             log.info("drained: the last batch is stored and its offsets committed")
+        except TimeoutError:
+            log.warning(
+                "drain before stop incomplete: the batch in flight did not finish within"
+                " %.0f s%s; it stays unacknowledged and the next worker applies it again",
+                cfg.session_timeout_s,
+                in_flight(),
+            )
         except Exception as exc:  # best effort: anything not committed is read again
             log.warning("drain before stop incomplete: %r", exc)
         stop()
+
+    def in_flight() -> str:
+        busy = worker.sink.call_in_flight_s()
+        return "" if busy is None else f" (a ClickHouse call unanswered for {busy:.0f} s)"
 
     fw = Worker(worker.app, loglevel=args.log_level.upper(), quiet=True)
     log.info(
@@ -223,6 +234,14 @@ def run(args: argparse.Namespace) -> int:
         return int(exc.code or 0)
     finally:
         worker.sink.stop()
+        busy = worker.sink.call_in_flight_s()
+        if busy is not None:
+            # the sink's thread is a daemon: the process exits without waiting for it
+            log.warning(
+                "exiting with a ClickHouse call unanswered for %.0f s; abandoned (its batch"
+                " is unacknowledged)",
+                busy,
+            )
     return 0
 
 

@@ -279,18 +279,29 @@ def problems_in_store(w: WorkerProcess, exp: Expected) -> list[str]:
 # --- a) SIGTERM during a ClickHouse outage ---------------------------------------------
 
 
-@pytest.mark.parametrize("n_requests", [40, 600], ids=["40-requests", "600-requests"])
+@pytest.mark.parametrize(
+    ("n_requests", "outage"),
+    [(40, "refused"), (600, "refused"), (40, "hung")],
+    ids=["40-requests", "600-requests", "40-requests-hung"],
+)
 def test_sigterm_during_clickhouse_outage_then_the_next_worker_stores_every_record(
-    kafka_bootstrap: str, topics: Any, tmp_path: Path, n_requests: int
+    kafka_bootstrap: str, topics: Any, tmp_path: Path, n_requests: int, outage: str
 ) -> None:
-    """The first worker never reaches ClickHouse (a port nobody listens on), is stopped
-    with SIGTERM while its batch is retrying and more are fetched; a second worker in
-    the same group, with ClickHouse back, must read and store every record."""
+    """The first worker never reaches ClickHouse, is stopped with SIGTERM while its batch
+    is retrying and more are fetched; it must exit 0 within the stop timeout, and a
+    second worker in the same group, with ClickHouse back, must read and store every
+    record. ``refused``: a port nobody listens on (each try fails at once). ``hung``: a
+    port that accepts connections and never answers (a stalled server, a black hole),
+    so the SIGTERM lands while a call is in flight."""
     records, exp = traffic(n_requests, seed=n_requests)
     produce(kafka_bootstrap, topics.usage, encoded(records))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    dead_port = hole.getsockname()[1]
+    if outage == "hung":
+        hole.listen(64)  # the kernel completes the handshakes; nobody ever reads
+    else:
+        hole.close()
     # the later --url wins: ClickHouse is "down"
     down = worker(
         kafka_bootstrap, topics.prefix, tmp_path, "down", "--batch-size", "500",
@@ -315,6 +326,7 @@ def test_sigterm_during_clickhouse_outage_then_the_next_worker_stores_every_reco
         assert up.stop() == 0, up.log()[-3000:]
     finally:
         stop_all(down, up)
+        hole.close()
 
     context = []
     if rc_down != 0:

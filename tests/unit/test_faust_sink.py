@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
+import pytest
+
 from nodemeter_stream.metrics import WorkerMetrics
-from nodemeter_stream.sink.clickhouse import Block, ClickHouseSink
+from nodemeter_stream.sink.clickhouse import Block, ClickHouseSink, SinkStopped
 
 
 class FakeClient:
@@ -70,3 +73,58 @@ def test_write_blocks_while_clickhouse_is_down() -> None:
     assert asyncio.run(go())
     assert client.inserted and client.inserted[0][0] == "t"
     assert client.calls > 5
+
+
+class FailsOnceStopped:
+    """A fake client whose call is in flight when ``stop()`` comes, then fails (the
+    connection refused), as a write does against a server that is down."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def insert(self, table: str, rows: list[Any], **_: Any) -> None:
+        self.entered.set()
+        self.release.wait(5)
+        raise ConnectionError("Connection refused")
+
+    def query(self, sql: str, parameters: Any = None) -> Any:
+        self.insert("q", [])
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("call", ["write", "query", "connect"])
+def test_a_call_that_fails_after_stop_raises_sink_stopped_not_its_own_error(call: str) -> None:
+    """The shutdown contract: once ``stop()`` is called, a write, read or connection in
+    flight ends in ``SinkStopped`` (the agents leave the batch unacknowledged and exit
+    cleanly), never in the client's error (which crashed the worker: exit 1 on SIGTERM)."""
+    client = FailsOnceStopped()
+
+    def factory() -> FailsOnceStopped:
+        if call == "connect":  # the connection itself is in flight, then refused
+            client.insert("connect", [])
+        return client
+
+    sink = ClickHouseSink(client_factory=factory, retry_initial_s=0.01)
+
+    async def go() -> None:
+        task: asyncio.Future[Any]
+        if call == "write":
+            task = asyncio.ensure_future(
+                sink.write([Block(table="t", columns=["a"], rows=[[1]], token="x")])
+            )
+        elif call == "query":
+            task = asyncio.ensure_future(sink.query("SELECT 1"))
+        else:
+            task = asyncio.ensure_future(sink.start())
+        while not client.entered.is_set():
+            await asyncio.sleep(0.01)
+        sink.stop()  # SIGTERM arrives while the call is in flight
+        client.release.set()
+        with pytest.raises(SinkStopped):
+            await asyncio.wait_for(task, 5)
+        await sink.close()
+
+    asyncio.run(go())

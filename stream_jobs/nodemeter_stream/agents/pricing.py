@@ -63,7 +63,7 @@ from nodemeter_stream.pricing.records import (
     price_book_rows,
     price_book_token,
 )
-from nodemeter_stream.sink.clickhouse import Block
+from nodemeter_stream.sink.clickhouse import Block, SinkStopped
 from nodemeter_stream.sink.progress import state_row
 from nodemeter_stream.sink.state import StateStore
 from nodemeter_stream.sink.tokens import offsets_token
@@ -299,12 +299,18 @@ def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
     @app.agent(pricing.source, concurrency=1, name="price_usage")
     async def price_usage(stream: Any) -> None:
         async for batch in batches(stream, policy.max_size, policy.max_wait_s):
-            # recovery on assignment, applied records skipped, offset order kept (the
-            # tenant states price a tenant's records in order)
-            for events, redo in await pricing.gate.admit(list(batch)):
-                # Shielded: a SIGTERM lets the batch in flight finish and be acknowledged.
-                await asyncio.shield(pricing.process(events, redo=redo))
-                ack_events(events)
+            try:
+                # recovery on assignment, applied records skipped, offset order kept
+                # (the tenant states price a tenant's records in order)
+                for events, redo in await pricing.gate.admit(list(batch)):
+                    # Shielded: a SIGTERM lets the batch in flight finish and be acked.
+                    await asyncio.shield(pricing.process(events, redo=redo))
+                    ack_events(events)
+            except SinkStopped:
+                # Shutdown during a ClickHouse outage: leave the batch unacknowledged
+                # (the next worker applies it from the progress of record).
+                log.warning("sink stopped; %d pricing records left unacknowledged", len(batch))
+                return
 
     interval = tick_interval_from_env()
     if interval > 0:

@@ -21,7 +21,9 @@ Use it like this (the ingest and pricing agents do)::
   stream goes on. The halves' tokens derive from the block's, so a replay splits the
   same way and stores nothing twice.
 * clickhouse-connect is blocking (and chDB wants one thread): every call runs on one
-  dedicated thread, so the event loop keeps heart-beating to the broker.
+  dedicated thread (:class:`~nodemeter_stream.sink.thread.CallThread`, a daemon), so
+  the event loop keeps heart-beating to the broker, and a call that never returns
+  does not keep a stopped worker from exiting.
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ import re
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from nodemeter.errors import NodemeterError
 from nodemeter_stream.sink.store import ClickHouseConfig
+from nodemeter_stream.sink.thread import CallThread
 
 log = logging.getLogger("nodemeter.sink")
 
@@ -138,7 +140,7 @@ class ClickHouseSink:
         self._retry_max_s = retry_max_s
         self._migrate = migrate_on_start
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._executor = CallThread("clickhouse")
         self._client: Any = None
         self._stopping = False
         self._stop_event = asyncio.Event()
@@ -180,7 +182,10 @@ class ClickHouseSink:
                 return await self._call(fn)
             except Exception as exc:
                 if self._stopping:
-                    raise
+                    # stop() came while the call was in flight: the caller sees the
+                    # shutdown, never the client's own error (which would crash the
+                    # worker and make a SIGTERM exit 1)
+                    raise SinkStopped(f"stopped during {what}") from exc
                 if give_up is not None and give_up(exc):
                     raise Refused(exc) from exc
                 if self.metrics is not None:
@@ -262,6 +267,10 @@ class ClickHouseSink:
 
         result: list[Any] = await self._retrying("query", run)
         return result
+
+    def call_in_flight_s(self) -> float | None:
+        """For how long the ClickHouse call now running has run; None when idle."""
+        return self._executor.in_flight_s()
 
     @property
     def stopping(self) -> bool:
