@@ -50,6 +50,11 @@ class WorkerMetrics:
         self.sink_retries = Counter(
             "nodemeter_sink_retries", "Failed ClickHouse insert attempts (retried)", registry=r
         )
+        self.sink_call_seconds = Gauge(
+            "nodemeter_sink_call_seconds",
+            "How long the ClickHouse call now running has run (0 when none runs)",
+            registry=r,
+        )
         self.sink_rejected_rows = Counter(
             "nodemeter_sink_rejected_rows",
             "Rows ClickHouse refused for good (dead-lettered as store_rejected)",

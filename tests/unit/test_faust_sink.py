@@ -128,3 +128,40 @@ def test_a_call_that_fails_after_stop_raises_sink_stopped_not_its_own_error(call
         await sink.close()
 
     asyncio.run(go())
+
+
+def test_a_stalled_call_is_logged_and_shown_in_a_gauge(caplog: pytest.LogCaptureFixture) -> None:
+    """A server that accepts and never answers: no error comes for minutes (the client's
+    read timeout), so the sink says so itself, and the gauge rises while it waits."""
+    release = threading.Event()
+
+    class Stalls:
+        def insert(self, table: str, rows: list[Any], **_: Any) -> None:
+            release.wait(5)
+
+        def close(self) -> None:
+            pass
+
+    metrics = WorkerMetrics()
+    sink = ClickHouseSink(client_factory=Stalls, stall_warn_s=0.1, metrics=metrics)
+    gauge = metrics.registry.get_sample_value
+
+    async def go() -> tuple[float, float]:
+        task = asyncio.ensure_future(
+            sink.write([Block(table="t", columns=["a"], rows=[[1]], token="x")])
+        )
+        await asyncio.sleep(0.35)
+        during = gauge("nodemeter_sink_call_seconds") or 0.0
+        release.set()
+        await asyncio.wait_for(task, 5)
+        after = gauge("nodemeter_sink_call_seconds")
+        await sink.close()
+        return during, after if after is not None else -1.0
+
+    with caplog.at_level("WARNING", logger="nodemeter.sink"):
+        during, after = asyncio.run(go())
+    warned = [r for r in caplog.records if "unanswered" in r.getMessage()]
+    assert len(warned) >= 2  # every stall_warn_s while it waits
+    assert during >= 0.3
+    assert after == 0.0
+    assert sink.blocks_written == 1  # the stalled call was waited for, not abandoned

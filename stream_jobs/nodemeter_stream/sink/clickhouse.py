@@ -133,8 +133,10 @@ class ClickHouseSink:
         retry_max_s: float = 5.0,
         migrate_on_start: bool = True,
         metrics: Any = None,
+        stall_warn_s: float = 30.0,
     ) -> None:
         self.config = config or ClickHouseConfig()
+        self._stall_warn_s = stall_warn_s
         self._factory = client_factory or self._connect
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
@@ -145,6 +147,8 @@ class ClickHouseSink:
         self._stopping = False
         self._stop_event = asyncio.Event()
         self.blocks_written = 0
+        if metrics is not None:
+            metrics.sink_call_seconds.set_function(lambda: self.call_in_flight_s() or 0.0)
 
     def _connect(self) -> Any:
         from nodemeter_stream.sink.migrate import migrate
@@ -156,7 +160,17 @@ class ClickHouseSink:
         return client
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        while True:
+            # not cancelled on timeout: a stalled call is waited for, and said
+            done, _ = await asyncio.wait({future}, timeout=self._stall_warn_s)
+            if done:
+                return future.result()
+            log.warning(
+                "a clickhouse call has gone unanswered for %.0f s (a stalled server or"
+                " network); the batch waits for it and consumption is paused behind it",
+                self._executor.in_flight_s() or 0.0,
+            )
 
     def _client_or_connect(self) -> Any:
         if self._client is None:
