@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -137,31 +138,37 @@ def test_a_stalled_call_is_logged_and_shown_in_a_gauge(caplog: pytest.LogCapture
 
     class Stalls:
         def insert(self, table: str, rows: list[Any], **_: Any) -> None:
-            release.wait(5)
+            release.wait(30)
 
         def close(self) -> None:
             pass
 
     metrics = WorkerMetrics()
     sink = ClickHouseSink(client_factory=Stalls, stall_warn_s=0.1, metrics=metrics)
-    gauge = metrics.registry.get_sample_value
 
-    async def go() -> tuple[float, float]:
+    def gauge() -> float:
+        return metrics.registry.get_sample_value("nodemeter_sink_call_seconds") or 0.0
+
+    def warned() -> int:
+        return sum("unanswered" in r.getMessage() for r in caplog.records)
+
+    async def go() -> tuple[float, int, float]:
         task = asyncio.ensure_future(
             sink.write([Block(table="t", columns=["a"], rows=[[1]], token="x")])
         )
-        await asyncio.sleep(0.35)
-        during = gauge("nodemeter_sink_call_seconds") or 0.0
+        deadline = time.monotonic() + 20  # a bound for a loaded machine, not a speed
+        while (gauge() < 0.25 or warned() < 2) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        during, warnings = gauge(), warned()
         release.set()
-        await asyncio.wait_for(task, 5)
-        after = gauge("nodemeter_sink_call_seconds")
+        await asyncio.wait_for(task, 30)
+        after = gauge()
         await sink.close()
-        return during, after if after is not None else -1.0
+        return during, warnings, after
 
     with caplog.at_level("WARNING", logger="nodemeter.sink"):
-        during, after = asyncio.run(go())
-    warned = [r for r in caplog.records if "unanswered" in r.getMessage()]
-    assert len(warned) >= 2  # every stall_warn_s while it waits
-    assert during >= 0.3
+        during, warnings, after = asyncio.run(go())
+    assert warnings >= 2  # every stall_warn_s while it waits
+    assert during >= 0.25
     assert after == 0.0
     assert sink.blocks_written == 1  # the stalled call was waited for, not abandoned

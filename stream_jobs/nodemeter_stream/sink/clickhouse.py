@@ -163,7 +163,11 @@ class ClickHouseSink:
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
         while True:
             # not cancelled on timeout: a stalled call is waited for, and said
-            done, _ = await asyncio.wait({future}, timeout=self._stall_warn_s)
+            try:
+                done, _ = await asyncio.wait({future}, timeout=self._stall_warn_s)
+            except asyncio.CancelledError:
+                future.cancel()  # as awaiting it would: a call not yet started never runs
+                raise
             if done:
                 return future.result()
             log.warning(
