@@ -80,6 +80,7 @@ check: $(STAMP) ## ruff (lint + format check), mypy, and the pure stages' import
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 	$(BIN)/pytest -q -p no:randomly tests/unit/test_import_contracts.py
 
 fmt: $(STAMP) ## apply ruff formatting and safe fixes

@@ -27,6 +27,7 @@ dozens of merges would otherwise share the cores with the queries.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -232,7 +233,7 @@ def library_table(client: Any, runs: int) -> None:
         note = "  usage_events empty" if q.name in USAGE_EVENTS_QUERIES else ""
         for label, (start, end) in (("November", MONTH), ("1 day, off-hour", DAY_OFF_HOUR)):
             kw = params_for(q, start, end)
-            first, med, hi = measure(lambda q=q, kw=kw: queries.run(client, q.name, **kw), runs)
+            first, med, hi = measure(functools.partial(queries.run, client, q.name, **kw), runs)
             print(
                 f"{q.name:<28} {label:<16} {first * 1e3:8.1f} {med * 1e3:8.1f} {hi * 1e3:8.1f}"
                 + note,
@@ -312,8 +313,8 @@ def main() -> None:
     if not args.skip_rebuild:
         _, dt = timed("\nrebuild all rollups", rebuild, client)
         print(f"{'  -> line-rows/s (4 rollups from priced_lines)':<52} {n * 4 / dt:11,.0f}")
-        rows, _ = timed("reconcile after rebuild", queries.run, client, "reconcile")
-        assert all(r[-1] for r in rows.rows), rows.rows
+        result, _ = timed("reconcile after rebuild", queries.run, client, "reconcile")
+        assert all(r[-1] for r in result.rows), result.rows
     rows = queries.run(client, "reconcile").rows
     assert all(r[-1] for r in rows), [r for r in rows if not r[-1]]
     print("totals reconcile: priced_lines = every rollup, to the unit")

@@ -45,6 +45,9 @@ class NullProducer:
     def list_topics(self, topic: str | None = None, timeout: float = 1.0) -> Any:
         return None
 
+    def __len__(self) -> int:  # nothing queued: every produce() is dropped
+        return 0
+
 
 def per_event(events: list[UsageEvent], fn: Callable[[UsageEvent], object]) -> float:
     best = float("inf")
