@@ -310,12 +310,15 @@ export class KafkaTransport implements Transport {
 
   private connect(): Promise<void> {
     if (this.connected === null) {
-      this.connected = this.producer.connect().then(() => {
-        this.replayWanted = this.spoolDir !== null;
+      const producer = this.producer;
+      const attempt: Promise<void> = producer.connect().then(() => {
+        if (this.producer === producer) this.replayWanted = this.spoolDir !== null;
       }, (err: unknown) => {
-        this.connected = null;
+        // a connect given up on (its producer replaced) must not clear the new one's
+        if (this.connected === attempt) this.connected = null;
         throw err;
       });
+      this.connected = attempt;
     }
     return this.connected;
   }
@@ -325,11 +328,12 @@ export class KafkaTransport implements Transport {
    * the broker wrote although its ack was lost would share sequence numbers with the next
    * batch, which the broker would then drop as a duplicate.
    */
-  private async resetProducer(): Promise<void> {
+  private async resetProducer(wait = true): Promise<void> {
     const old = this.producer;
     this.producer = this.newProducer();
     this.connected = null;
-    await old.disconnect().catch(() => undefined);
+    const closed = old.disconnect().catch(() => undefined);
+    if (wait) await closed; // not for a connect given up on: kafkajs waits it out first
   }
 
   /** How many of `records`, from `start` on, go into one produce request: at least one. */
@@ -351,26 +355,33 @@ export class KafkaTransport implements Transport {
       if (!msgs) byTopic.set(p.topic, (msgs = []));
       msgs.push({ key: p.key, value: p.value });
     }
-    try {
-      await this.connect();
-    } catch (err) {
-      throw this.security.explain(err, this.brokers) ?? err; // a refused login or handshake, named
-    }
-    const sent = this.producer.sendBatch({
-      acks: -1, compression: this.compression,
-      topicMessages: [...byTopic.entries()].map(([topic, messages]) => ({ topic, messages })),
-    });
-    sent.catch(() => undefined); // a send given up on below may still fail later
+    // One deadline for the connect and the send: a broker that accepts connections and
+    // never answers would otherwise hold the batch for kafkajs' own timeouts (30 s).
+    let stage = "connected";
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new DeliveryError(
-        `not acknowledged within deliveryTimeoutMs (${this.deliveryTimeoutMs} ms)`)), this.deliveryTimeoutMs);
+        `not ${stage} within deliveryTimeoutMs (${this.deliveryTimeoutMs} ms)`)), this.deliveryTimeoutMs);
     });
     try {
-      await Promise.race([sent, late]);
-    } catch (err) {
-      await this.resetProducer(); // disconnects the old producer: a send still under way ends
-      throw this.security.explain(err, this.brokers) ?? err;
+      try {
+        await Promise.race([this.connect(), late]);
+      } catch (err) {
+        if (err instanceof DeliveryError) await this.resetProducer(false); // the deadline: drop that connect
+        throw this.security.explain(err, this.brokers) ?? err; // a refused login or handshake, named
+      }
+      stage = "acknowledged";
+      const sent = this.producer.sendBatch({
+        acks: -1, compression: this.compression,
+        topicMessages: [...byTopic.entries()].map(([topic, messages]) => ({ topic, messages })),
+      });
+      sent.catch(() => undefined); // a send given up on below may still fail later
+      try {
+        await Promise.race([sent, late]);
+      } catch (err) {
+        await this.resetProducer(); // disconnects the old producer: a send still under way ends
+        throw this.security.explain(err, this.brokers) ?? err;
+      }
     } finally {
       clearTimeout(timer);
     }
