@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nodemeter_stream.analytics import queries
-from nodemeter_stream.analytics.rebuild import rebuild
+from nodemeter_stream.analytics.rebuild import ROLLUPS, rebuild
 from nodemeter_stream.analytics.report import collect
 from nodemeter_stream.sink.migrate import migrate
 from nodemeter_stream.sink.store import ClickHouseConfig, connect
@@ -312,7 +312,9 @@ def main() -> None:
     other_reads(client, args.runs)
     if not args.skip_rebuild:
         _, dt = timed("\nrebuild all rollups", rebuild, client)
-        print(f"{'  -> line-rows/s (4 rollups from priced_lines)':<52} {n * 4 / dt:11,.0f}")
+        k = sum(r.source == "priced_lines" for r in ROLLUPS)
+        label = f"  -> line-rows/s ({k} rollups from priced_lines)"
+        print(f"{label:<52} {n * k / dt:11,.0f}")
         result, _ = timed("reconcile after rebuild", queries.run, client, "reconcile")
         assert all(r[-1] for r in result.rows), result.rows
     rows = queries.run(client, "reconcile").rows
