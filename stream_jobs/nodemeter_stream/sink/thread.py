@@ -64,10 +64,8 @@ class CallThread(Executor):
         since = self._busy_since
         return None if since is None else time.monotonic() - since
 
-    def shutdown(
-        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
-    ) -> None:
-        """Run no new calls; with ``wait``, wait (up to ``timeout``) for those queued."""
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Run no new calls; with ``wait``, wait for those queued (``Executor``'s contract)."""
         with self._lock:
             self._shutdown = True
             thread = self._thread
@@ -81,4 +79,4 @@ class CallThread(Executor):
                         item[0].cancel()
             self._queue.put(None)
         if wait and thread is not None:
-            thread.join(timeout)
+            thread.join()
