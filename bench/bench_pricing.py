@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -114,35 +113,19 @@ def run(
     return time.process_time() - t, lines
 
 
-def reference_books(into: Path) -> Path:
-    """The example price books as the frozen reference engine reads them: fields added
-    after it (model ``aliases``) taken out. The bench's models are named exactly, so
-    the aliases price nothing here and both engines see the same books."""
-    import yaml
-
-    for f in sorted(EXAMPLES_DIR.iterdir()):
-        if f.suffix not in (".yaml", ".yml", ".json"):
-            continue
-        doc = yaml.safe_load(f.read_text())
-        book = doc.get("price_book") if isinstance(doc, dict) else None
-        if isinstance(book, dict):
-            book.pop("aliases", None)
-        (into / f.name).write_text(yaml.safe_dump(doc, sort_keys=False))
-    return into
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=30_000)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs")
     args = ap.parse_args()
-    from _pricing_reference.book import load_config as ref_load_config
+    from _pricing_reference import example_documents
+    from _pricing_reference.book import parse_documents as ref_parse_documents
     from _pricing_reference.engine import PricingEngine as RefEngine
 
-    ref_dir = reference_books(Path(tempfile.mkdtemp(prefix="nodemeter-ref-books-")))
+    ref_docs = example_documents(EXAMPLES_DIR)  # without the (newer) model aliases
     engines: dict[str, Callable[[], Any]] = {
-        "reference": lambda: RefEngine(ref_load_config(ref_dir), keep_lines=False),
+        "reference": lambda: RefEngine(ref_parse_documents(ref_docs), keep_lines=False),
         "current": lambda: PricingEngine(load_config(EXAMPLES_DIR), keep_lines=False),
     }
     evs = events(args.events)

@@ -36,7 +36,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ref_book = importlib.import_module("_pricing_reference.book")
 ref_engine = importlib.import_module("_pricing_reference.engine")
 ref_windows = importlib.import_module("_pricing_reference.windows")
+example_documents = importlib.import_module("_pricing_reference").example_documents
 
 DST_ZONES = (
     "America/New_York",
@@ -216,12 +216,9 @@ def new_state(tenant: str) -> dict[str, Any]:
 
 
 def example_docs() -> list[tuple[str, Any]]:
-    docs = [(str(f), yaml.safe_load(f.read_text())) for f in sorted(EXAMPLES_DIR.glob("*.yaml"))]
-    # price book aliases are newer than the reference (its loader refuses the field);
-    # the events below use the rates' own names, so both engines price without them
-    for _, doc in docs:
-        if isinstance(doc.get("price_book"), dict):
-            doc["price_book"].pop("aliases", None)
+    # without price book aliases (newer than the reference); the events below use the
+    # rates' own names, so both engines price without them
+    docs = example_documents(EXAMPLES_DIR)
     extra = {
         "tenants": {
             "howe": {
