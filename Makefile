@@ -14,6 +14,9 @@ NATIVE  ?= auto
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml $(NATIVE_SRC) | cksum | cut -d' ' -f1)-native-$(NATIVE)
 PYTEST_ARGS ?=
 K       ?= 10
+# pytest-xdist workers for `make test` / `make test-fast` (tests/conftest.py groups them)
+TEST_WORKERS ?= 2
+XDIST   := -n $(TEST_WORKERS) --dist loadgroup
 
 .DEFAULT_GOAL := help
 
@@ -68,10 +71,10 @@ demo: $(STAMP) ## the main job: run the demo pipeline on the embedded defaults
 	$(BIN)/nodemeter demo
 
 test: $(STAMP) browser registry node-deps go-deps ## the whole test suite, fault tests included
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## quick loop: everything but the slow integration and fault tests
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 torture: $(STAMP) ## the fault tests K times (K=10) with one core kept busy; logs: .nodemeter/torture/
 	$(BIN)/python bench/torture.py --loops $(K) -- $(PYTEST_ARGS)

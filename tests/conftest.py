@@ -12,6 +12,12 @@ A real Schema Registry (``schema_registry_url``): ``NODEMETER_TEST_SCHEMA_REGIST
 once per session.
 
 Each test gets its own topic prefix and its own ClickHouse database.
+
+``make test`` runs the suite on two pytest-xdist workers (``--dist loadgroup``): the
+fault tests form one group, so they run one after another on one worker, as
+``make torture`` runs them, while the other worker takes the rest file by file (a file's
+module fixtures are made once). Each worker has its own session services (broker,
+registry, chDB path).
 """
 
 from __future__ import annotations
@@ -30,6 +36,19 @@ import pytest
 
 KAFKA_IMAGE = "apache/kafka:4.4.0"
 CLICKHOUSE_IMAGE = "clickhouse/clickhouse-server:25.8"
+
+
+FAULT_GROUP = "fault"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put every test in an xdist group: ``fault`` for the fault tests, else its file.
+    Only ``--dist loadgroup`` reads the groups; a plain run keeps file order."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        group = FAULT_GROUP if item.get_closest_marker("fault") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def free_port() -> int:

@@ -441,3 +441,19 @@ def test_old_lines_plus_adjustments_equal_the_new_pricing(qs: list[int], price: 
     adj = reprice(new_engine, events, old, tag="t")
     assert total(old) + total(adj) == total(price_all(new_engine, events))
     assert len({ln.line_id for ln in adj}) == len(adj)
+
+
+def test_a_line_row_is_its_fields_in_column_order() -> None:
+    from nodemeter_stream.pricing.lines import PRICED_LINE_COLUMNS
+
+    rates = [
+        {"meter": "input_tokens", "charge": "flat", "unit_price": "0.000003"},
+        {"meter": "cache_write_tokens", "charge": "flat", "unit_price": "0.00000375"},
+    ]
+    lines = run(PricingEngine(config(rates)), [event(3, input_tokens=7, cache_write_tokens=9)])
+    assert len(lines) == 2
+    for ln in lines:
+        row = ln.row()
+        assert isinstance(row, list) and len(row) == len(PRICED_LINE_COLUMNS)
+        assert row == [getattr(ln, c) for c in PRICED_LINE_COLUMNS]
+        assert row[PRICED_LINE_COLUMNS.index("input_list_cost")] == ln.input_list_cost

@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 from nodemeter_stream.pricing.money import from_str, to_str
@@ -92,7 +93,7 @@ class PricedLine:
 
     def row(self) -> list[Any]:
         """Values in ``PRICED_LINE_COLUMNS`` order for clickhouse-connect."""
-        return [getattr(self, c) for c in PRICED_LINE_COLUMNS]
+        return list(_ROW(self))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (Decimals and times as strings) for worker state."""
@@ -121,3 +122,4 @@ class PricedLine:
 
 
 _FIELDS = fields(PricedLine)
+_ROW = attrgetter(*PRICED_LINE_COLUMNS)  # one C call for the row's values
