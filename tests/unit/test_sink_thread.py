@@ -42,10 +42,18 @@ def test_in_flight_s_tells_how_long_the_running_call_has_run() -> None:
     time.sleep(0.2)
     busy = pool.in_flight_s()
     assert busy is not None and busy >= 0.15
+    at_done: list[float | None] = []
+    f.add_done_callback(lambda _: at_done.append(pool.in_flight_s()))
     release.set()
     f.result(5)
-    time.sleep(0.05)
+    # idle by the time its waiter wakes, so a gauge read then does not show a stall
+    assert at_done == [None]
     assert pool.in_flight_s() is None
+    failing = pool.submit(lambda: 1 / 0)
+    failing.add_done_callback(lambda _: at_done.append(pool.in_flight_s()))
+    with pytest.raises(ZeroDivisionError):
+        failing.result(5)
+    assert at_done == [None, None]
     pool.shutdown()
 
 

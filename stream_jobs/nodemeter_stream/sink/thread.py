@@ -53,11 +53,11 @@ class CallThread(Executor):
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
+                self._busy_since = None  # before the waiter wakes, so it reads idle
                 future.set_exception(exc)
             else:
-                future.set_result(result)
-            finally:
                 self._busy_since = None
+                future.set_result(result)
 
     def in_flight_s(self) -> float | None:
         """For how long the call now running has run; None when the thread is idle."""
