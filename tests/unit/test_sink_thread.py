@@ -49,8 +49,10 @@ def test_in_flight_s_tells_how_long_the_running_call_has_run() -> None:
     # idle by the time its waiter wakes, so a gauge read then does not show a stall
     assert at_done == [None]
     assert pool.in_flight_s() is None
-    failing = pool.submit(lambda: 1 / 0)
+    gate = threading.Event()
+    failing = pool.submit(lambda: gate.wait(5) and 1 / 0)
     failing.add_done_callback(lambda _: at_done.append(pool.in_flight_s()))
+    gate.set()  # the callback is in place before the call ends
     with pytest.raises(ZeroDivisionError):
         failing.result(5)
     assert at_done == [None, None]
