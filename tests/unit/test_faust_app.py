@@ -112,3 +112,18 @@ def test_metrics_are_served_in_prometheus_text() -> None:
         "nodemeter_consumer_lag",
     ):
         assert name in body
+
+
+def test_the_drain_says_when_records_were_left_unstored() -> None:
+    from types import SimpleNamespace
+
+    from nodemeter_stream.worker_cli import drained_message
+
+    assert drained_message({}) == "drained: the last batch is stored and its offsets committed"
+    calm = {"ingest": SimpleNamespace(unstored=0), "pricing": SimpleNamespace(unstored=0)}
+    assert "the last batch is stored" in drained_message(calm)
+    # seen in issue 10: "230 records left unacknowledged", then "the last batch is stored"
+    outage = {"ingest": SimpleNamespace(unstored=230), "pricing": SimpleNamespace(unstored=4)}
+    said = drained_message(outage)
+    assert "the last batch is stored" not in said
+    assert "230 ingest, 4 pricing" in said and "next worker applies them" in said

@@ -99,6 +99,9 @@ class Ingest:
         self.idle = asyncio.Event()
         self.idle.set()
         self.draining = False
+        # records of batches given up on because the sink stopped (a ClickHouse outage
+        # at shutdown): unacknowledged, for the next worker; the drain reports them
+        self.unstored = 0
         self.lookups = 0
         # Confluent-framed records: writer schemas from the registry, resolved per batch
         # before classification (ingest/confluent.py)
@@ -425,6 +428,7 @@ def register(worker: Worker) -> Ingest:
                 # Shutdown during a ClickHouse outage: leave the batch unacknowledged and
                 # unrecorded (the next worker applies it from the progress of record).
                 log.warning("sink stopped; %d records left unacknowledged", len(batch))
+                ingest.unstored += len(batch)
                 return
             finally:
                 ingest.idle.set()

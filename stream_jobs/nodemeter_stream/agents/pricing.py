@@ -115,6 +115,7 @@ class Pricing:
         self.store = StateStore(self.sink, group=cfg.app_id)
         self.tenants: dict[str, dict[str, Any]] = {}  # tenant -> state (this worker's)
         self.books_written = False
+        self.unstored = 0  # records given up on because the sink stopped (see ingest)
         self.gate = Gate(
             app, "price_usage", store=self.store, topic=topics.usage_by_tenant,
             scopes=(SCOPE,), on_recover=self.recovered,
@@ -310,6 +311,7 @@ def register(worker: Worker, engine: PricingEngine | None = None) -> Pricing:
                 # Shutdown during a ClickHouse outage: leave the batch unacknowledged
                 # (the next worker applies it from the progress of record).
                 log.warning("sink stopped; %d pricing records left unacknowledged", len(batch))
+                pricing.unstored += len(batch)
                 return
 
     interval = tick_interval_from_env()
