@@ -203,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
                 ingest.draining = True
                 await asyncio.wait_for(ingest.idle.wait(), cfg.session_timeout_s)
             await worker.app.commit(None)
-            log.info(drained_message(worker.extras))
+            level, said = drained_message(worker.extras)
+            log.log(level, said)
         except TimeoutError:
             log.warning(
                 "drain before stop incomplete: the batch in flight did not finish within"
@@ -245,13 +246,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def drained_message(extras: dict[str, Any]) -> str:
-    """The drain's last line: what it stored, and what it left for the next worker."""
+def drained_message(extras: dict[str, Any]) -> tuple[int, str]:
+    """The drain's last line and its log level: what it stored, and (a warning) what it
+    left for the next worker."""
     left = {name: getattr(extras.get(name), "unstored", 0) for name in ("ingest", "pricing")}
     if not any(left.values()):
-        return "drained: the last batch is stored and its offsets committed"
+        return logging.INFO, "drained: the last batch is stored and its offsets committed"
     said = ", ".join(f"{n} {name}" for name, n in left.items() if n)
-    return (
+    return logging.WARNING, (
         f"drained: records left unstored and unacknowledged ({said}; the sink stopped"
         " during a ClickHouse outage): the next worker applies them from the progress of"
         " record; the offsets of what is stored are committed"

@@ -115,15 +115,20 @@ def test_metrics_are_served_in_prometheus_text() -> None:
 
 
 def test_the_drain_says_when_records_were_left_unstored() -> None:
+    import logging
     from types import SimpleNamespace
 
     from nodemeter_stream.worker_cli import drained_message
 
-    assert drained_message({}) == "drained: the last batch is stored and its offsets committed"
+    assert drained_message({}) == (
+        logging.INFO,
+        "drained: the last batch is stored and its offsets committed",
+    )
     calm = {"ingest": SimpleNamespace(unstored=0), "pricing": SimpleNamespace(unstored=0)}
-    assert "the last batch is stored" in drained_message(calm)
+    assert "the last batch is stored" in drained_message(calm)[1]
     # seen in issue 10: "230 records left unacknowledged", then "the last batch is stored"
     outage = {"ingest": SimpleNamespace(unstored=230), "pricing": SimpleNamespace(unstored=4)}
-    said = drained_message(outage)
+    level, said = drained_message(outage)
+    assert level == logging.WARNING
     assert "the last batch is stored" not in said
     assert "230 ingest, 4 pricing" in said and "next worker applies them" in said
