@@ -79,6 +79,9 @@ class WorkerConfig:
     # usage dated more than this ahead of the worker's clock is a dead letter
     # (future_event_time): one event from a broken clock must not close windows early
     max_future_skew_s: float = 300.0
+    # Python's collector (gctune.py): start-up objects frozen, this first-generation
+    # threshold (CPython's is 700); 0 leaves the collector as CPython sets it
+    gc_threshold: int = 10_000
     # Confluent Schema Registry (NODEMETER_SCHEMA_REGISTRY_URL, as for the SDK): records
     # in its framing are decoded with the writer schemas it holds. Not in repr: a URL
     # may carry credentials.
@@ -109,6 +112,8 @@ class WorkerConfig:
             )
         if not self.max_future_skew_s >= 0:
             raise ConfigError("max_future_skew_s must be >= 0")
+        if self.gc_threshold < 0:
+            raise ConfigError(f"gc_threshold {self.gc_threshold} must be >= 0 (0: CPython's)")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port {self.metrics_port} out of range")
         if not self.data_dir:
@@ -148,6 +153,7 @@ class WorkerConfig:
             "max_event_bytes": int,
             "max_request_events": int,
             "max_future_skew_s": float,
+            "gc_threshold": int,
             "data_dir": str,  # NODEMETER_WORKER_DATA_DIR: a writable volume in a container
         }
         values: dict[str, Any] = {

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 DEFAULT_HOST = "127.0.0.1"
+
+
+def _gc_seconds(timer: Any, generation: int) -> float:
+    return float(timer.seconds[generation])
 
 
 class WorkerMetrics:
@@ -70,6 +75,18 @@ class WorkerMetrics:
         self.open_requests = Gauge(
             "nodemeter_open_requests", "Requests merged but not yet closed", registry=r
         )
+
+    def watch_gc(self, timer: Any) -> None:
+        """``nodemeter_gc_seconds{generation}``: read from a ``gctune.GcTimer`` at scrape
+        time (its callback takes no lock, so it cannot increment a metric itself)."""
+        g = Gauge(
+            "nodemeter_gc_seconds",
+            "Seconds this process spent in Python's garbage collector since start",
+            ["generation"],
+            registry=self.registry,
+        )
+        for gen in range(3):
+            g.labels(generation=str(gen)).set_function(functools.partial(_gc_seconds, timer, gen))
 
     def serve(self, port: int, host: str = DEFAULT_HOST) -> Any:
         """Expose /metrics on ``host:port`` (port 0 = off); returns the HTTP server.

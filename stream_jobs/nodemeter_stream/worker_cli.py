@@ -18,6 +18,7 @@ from typing import Any
 
 from nodemeter.errors import ConfigError, NodemeterError
 from nodemeter_stream.app import WorkerConfig, build_app, check_broker
+from nodemeter_stream.gctune import GcTimer, tune_gc
 from nodemeter_stream.metrics import DEFAULT_HOST as DEFAULT_METRICS_HOST
 from nodemeter_stream.sink.store import ClickHouseConfig
 from nodemeter_stream.topics import ensure_topics
@@ -171,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, replication=replication.factor)
     worker = build_app(cfg)
     inject_faults(worker)
+    gc_timer = GcTimer().install()
+    worker.metrics.watch_gc(gc_timer)
     worker.metrics.serve(cfg.metrics_port, args.metrics_host)
     log = logging.getLogger("nodemeter.worker")
 
@@ -221,6 +224,9 @@ def run(args: argparse.Namespace) -> int:
         return "" if busy is None else f" (a ClickHouse call unanswered for {busy:.0f} s)"
 
     fw = Worker(worker.app, loglevel=args.log_level.upper(), quiet=True)
+    # last before Faust starts: everything built so far is frozen (gctune.py)
+    tuning = tune_gc(cfg.gc_threshold)
+    log.info("gc: %s", tuning.describe() if tuning else "CPython's defaults (gc_threshold 0)")
     log.info(
         "worker starting app_id=%s topics=%s kafka=%s (%s) clickhouse=%s",
         cfg.app_id,
@@ -235,6 +241,12 @@ def run(args: argparse.Namespace) -> int:
         return int(exc.code or 0)
     finally:
         worker.sink.stop()
+        log.info(
+            "gc: %.1f s in collections (generations 0/1/2: %s s; %s collections)",
+            sum(gc_timer.seconds),
+            "/".join(f"{s:.1f}" for s in gc_timer.seconds),
+            "/".join(map(str, gc_timer.collections)),
+        )
         busy = worker.sink.call_in_flight_s()
         if busy is not None:
             # the sink's thread is a daemon: the process exits without waiting for it
