@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 DEFAULT_HOST = "127.0.0.1"
 
 
-def _gc_seconds(timer: Any, generation: int) -> float:
-    return float(timer.seconds[generation])
+class _GcCollector:
+    """``nodemeter_gc_seconds_total{generation}``, read from a ``gctune.GcTimer`` at
+    scrape time: the timer's callback takes no lock, so it cannot increment a metric."""
+
+    def __init__(self, timer: Any) -> None:
+        self.timer = timer
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "nodemeter_gc_seconds",
+            "Seconds this process spent in Python's garbage collector since start",
+            labels=["generation"],
+        )
+        for gen, seconds in enumerate(self.timer.seconds):
+            family.add_metric([str(gen)], float(seconds))
+        yield family
 
 
 class WorkerMetrics:
@@ -77,16 +92,8 @@ class WorkerMetrics:
         )
 
     def watch_gc(self, timer: Any) -> None:
-        """``nodemeter_gc_seconds{generation}``: read from a ``gctune.GcTimer`` at scrape
-        time (its callback takes no lock, so it cannot increment a metric itself)."""
-        g = Gauge(
-            "nodemeter_gc_seconds",
-            "Seconds this process spent in Python's garbage collector since start",
-            ["generation"],
-            registry=self.registry,
-        )
-        for gen in range(3):
-            g.labels(generation=str(gen)).set_function(functools.partial(_gc_seconds, timer, gen))
+        """Export ``nodemeter_gc_seconds_total{generation}`` from a ``gctune.GcTimer``."""
+        self.registry.register(_GcCollector(timer))
 
     def serve(self, port: int, host: str = DEFAULT_HOST) -> Any:
         """Expose /metrics on ``host:port`` (port 0 = off); returns the HTTP server.

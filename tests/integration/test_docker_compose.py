@@ -42,6 +42,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from worker_harness import encoded, end, produce, usage
 
+from nodemeter_stream.gctune import GcTimer
 from nodemeter_stream.metrics import WorkerMetrics
 
 pytestmark = pytest.mark.slow
@@ -283,6 +284,7 @@ def test_dashboard_and_alerts_query_only_what_the_worker_exports(
     composecheck: Check, tmp_path: Path
 ) -> None:
     metrics = WorkerMetrics()
+    metrics.watch_gc(GcTimer())  # as the worker does at start
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -298,6 +300,7 @@ def test_dashboard_and_alerts_query_only_what_the_worker_exports(
         for m in vars(metrics).values()
         if hasattr(m, "_labelnames")
     }
+    declared["nodemeter_gc_seconds"] = {"generation"}  # watch_gc's collector
     assert "nodemeter_dead_letters" in declared and "nodemeter_events_in" in series.values()
 
     exprs, label_values = dashboard_queries()

@@ -59,8 +59,12 @@ def test_metric_reads_the_timer_at_scrape_time() -> None:
     timer = GcTimer()
     metrics.watch_gc(timer)
     timer.seconds[1] = 1.25
-    value = metrics.registry.get_sample_value("nodemeter_gc_seconds", {"generation": "1"})
+    value = metrics.registry.get_sample_value("nodemeter_gc_seconds_total", {"generation": "1"})
     assert value == 1.25
+    timer.seconds[1] = 2.5  # read again at the next scrape
+    assert (
+        metrics.registry.get_sample_value("nodemeter_gc_seconds_total", {"generation": "1"}) == 2.5
+    )
 
 
 def test_config_default_env_and_range(monkeypatch: pytest.MonkeyPatch) -> None:
