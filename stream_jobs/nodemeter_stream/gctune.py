@@ -4,17 +4,16 @@ With CPython's defaults (thresholds 700, 10, 10) the worker spent about a fifth 
 time in the collector under `bench/bench_worker.py` (docs/worker.md, *Garbage
 collection*), holding the GIL throughout: every batch leaves some 100,000 objects alive
 until it is stored (events, rows, lines), so they survive the young collections, reach the
-oldest generation, and a full collection then walks every object of the process, the
-400,000 that importing Faust, aiokafka, clickhouse-connect and the agents left included,
-about once per batch.
+oldest generation, and a full collection then walks every object of the process (about
+400,000: the batch, the open state, and what start-up left) about once per batch.
 
 :func:`tune_gc` freezes what exists once the app is built (``gc.freeze``: kept out of every
-later collection; it is never garbage, the modules and the app hold it) and raises the
+later collection; nearly all of it lives as long as the process: modules, the app) and raises the
 first generation's threshold, so that a batch's objects mostly die by reference count
 before a collection looks at them. Cycles are still collected, only later. The worker
 calls it before Faust starts (``NODEMETER_WORKER_GC_THRESHOLD``; 0 keeps CPython's
 defaults). :class:`GcTimer` adds up the time spent in collections, per generation, for
-the ``nodemeter_gc_seconds`` metric.
+the ``nodemeter_gc_seconds_total`` metric.
 """
 
 from __future__ import annotations
