@@ -24,6 +24,7 @@ from typing import Any
 from nodemeter.errors import ConfigError, KafkaConnectionError, KafkaSecurityError
 from nodemeter.kafka_security import KafkaSecurity, explain_failure
 from nodemeter_stream.commit_guard import SCHEME, guard_topics, register_transport
+from nodemeter_stream.gctune import DEFAULT_THRESHOLD as GC_THRESHOLD
 from nodemeter_stream.ingest.plan import (
     DEFAULT_MAX_REQUEST_EVENTS,
     MAX_REQUEST_EVENTS,
@@ -81,7 +82,7 @@ class WorkerConfig:
     max_future_skew_s: float = 300.0
     # Python's collector (gctune.py): start-up objects frozen, this first-generation
     # threshold (CPython's is 700); 0 leaves the collector as CPython sets it
-    gc_threshold: int = 10_000
+    gc_threshold: int = GC_THRESHOLD
     # Confluent Schema Registry (NODEMETER_SCHEMA_REGISTRY_URL, as for the SDK): records
     # in its framing are decoded with the writer schemas it holds. Not in repr: a URL
     # may carry credentials.

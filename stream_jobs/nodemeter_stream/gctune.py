@@ -7,9 +7,9 @@ until it is stored (events, rows, lines), so they survive the young collections,
 oldest generation, and a full collection then walks every object of the process (about
 400,000: the batch, the open state, and what start-up left) about once per batch.
 
-:func:`tune_gc` freezes what exists once the app is built (``gc.freeze``: kept out of every
-later collection; nearly all of it lives as long as the process: modules, the app) and raises the
-first generation's threshold, so that a batch's objects mostly die by reference count
+:func:`tune_gc` freezes what exists once the app is built (``gc.freeze``: kept out of
+every later collection; nearly all of it, modules and the app, lives as long as the
+process) and raises the first generation's threshold (``DEFAULT_THRESHOLD``), so that a batch's objects mostly die by reference count
 before a collection looks at them. Cycles are still collected, only later. The worker
 calls it before Faust starts (``NODEMETER_WORKER_GC_THRESHOLD``; 0 keeps CPython's
 defaults). :class:`GcTimer` adds up the time spent in collections, per generation, for

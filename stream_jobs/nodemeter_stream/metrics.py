@@ -8,6 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
 
+from nodemeter_stream.gctune import GcTimer
+
 DEFAULT_HOST = "127.0.0.1"
 
 
@@ -15,7 +17,7 @@ class _GcCollector:
     """``nodemeter_gc_seconds_total{generation}``, read from a ``gctune.GcTimer`` at
     scrape time: the timer's callback takes no lock, so it cannot increment a metric."""
 
-    def __init__(self, timer: Any) -> None:
+    def __init__(self, timer: GcTimer) -> None:
         self.timer = timer
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -91,7 +93,7 @@ class WorkerMetrics:
             "nodemeter_open_requests", "Requests merged but not yet closed", registry=r
         )
 
-    def watch_gc(self, timer: Any) -> None:
+    def watch_gc(self, timer: GcTimer) -> None:
         """Export ``nodemeter_gc_seconds_total{generation}`` from a ``gctune.GcTimer``."""
         self.registry.register(_GcCollector(timer))
 
