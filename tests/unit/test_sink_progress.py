@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +16,7 @@ from nodemeter_stream.sink.progress import (
     STATE_COLUMNS,
     PartitionProgress,
     StateRow,
+    encode_state,
     intent_rows,
     next_version,
     progress_rows,
@@ -65,3 +69,28 @@ def test_forward_records_round_trip(entries: list[tuple[int, int, bytes]]) -> No
 def test_a_malformed_forward_record_is_a_clear_error(value: bytes) -> None:
     with pytest.raises(forward.ForwardError):
         forward.decode(value)
+
+
+# JSON values as the agents' states hold them: no floats (money travels as text)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_json)
+def test_state_values_read_back_exactly(value: Any) -> None:
+    # integers past 64 bits included: json.loads reads them back as integers
+    assert json.loads(encode_state(value)) == value
+
+
+def test_state_values_take_orjson_unless_it_refuses() -> None:
+    state = {"tenant": "acme", "units": {"input_tokens|m||": 12}, "parts": [["e1", True, 7]]}
+    assert (
+        encode_state(state)
+        == '{"tenant":"acme","units":{"input_tokens|m||":12},"parts":[["e1",true,7]]}'
+    )
+    # orjson refuses these; json.dumps writes them as before
+    assert encode_state({"q": 2**64}) == '{"q": 18446744073709551616}'
+    assert json.loads(encode_state({1: "a"})) == {"1": "a"}

@@ -53,7 +53,7 @@ from nodemeter_stream.ingest.rows import (
 )
 from nodemeter_stream.ingest.tally import tally_batch
 from nodemeter_stream.sink.clickhouse import Block, SinkStopped
-from nodemeter_stream.sink.progress import state_row, tally_rows
+from nodemeter_stream.sink.progress import encode_state, state_row, tally_rows
 from nodemeter_stream.sink.state import StateStore
 from nodemeter_stream.sink.tokens import content_token, offsets_token
 
@@ -222,7 +222,7 @@ class Ingest:
             group = self.cfg.app_id
             topic = self.cfg.topics.usage
             rows = [
-                state_row(group, SCOPE, topic, st.partition, key, json.dumps(st.to_json()),
+                state_row(group, SCOPE, topic, st.partition, key, encode_state(st.to_json()),
                           open_=not st.closed)
                 for key, st in plan.states.items()
             ]  # fmt: skip
@@ -339,7 +339,7 @@ class Ingest:
                 rows = [
                     state_row(group, SCOPE, topic, e.state.partition,
                               state_key(e.state.tenant, e.state.request_id),
-                              json.dumps(e.state.to_json()), open_=False)
+                              encode_state(e.state.to_json()), open_=False)
                     for e in plan.emissions
                 ]  # fmt: skip
                 await self.sink.write([self.store.block(rows)])

@@ -64,7 +64,7 @@ from nodemeter_stream.pricing.records import (
     price_book_token,
 )
 from nodemeter_stream.sink.clickhouse import Block, SinkStopped
-from nodemeter_stream.sink.progress import state_row
+from nodemeter_stream.sink.progress import encode_state, state_row
 from nodemeter_stream.sink.state import StateStore
 from nodemeter_stream.sink.tokens import offsets_token
 
@@ -210,7 +210,7 @@ class Pricing:
         ]  # fmt: skip
         group, topic = self.store.group, self.source.get_topic_name()
         rows = [
-            state_row(group, SCOPE, topic, p, tenant, json.dumps(st), open_=True)
+            state_row(group, SCOPE, topic, p, tenant, encode_state(st), open_=True)
             for tenant, (p, st) in res.states.items()
         ]
 
