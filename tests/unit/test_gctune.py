@@ -34,7 +34,9 @@ def test_freezes_what_exists_and_raises_the_first_threshold(restored_gc: None) -
     tuning = tune_gc(25_000)
     assert tuning is not None
     assert gc.get_threshold() == (25_000, 11, 12) == tuning.threshold
-    assert tuning.frozen == gc.get_freeze_count() > 1000  # this test process's modules
+    # this test process's modules; a frozen object that dies later (a temporary another
+    # thread held) leaves the permanent generation, so the count can only fall
+    assert tuning.frozen >= gc.get_freeze_count() > max(1000, tuning.frozen - 100)
     assert "25000" in tuning.describe()
     # frozen objects are out of every collection: what is left to walk is small
     assert len(gc.get_objects()) < tuning.frozen
