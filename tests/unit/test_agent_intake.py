@@ -178,9 +178,20 @@ def fake_consumer(
     conductor = SimpleNamespace(
         _tp_to_callback_lock=lock, _tp_index={tp: [SimpleNamespace(queue=queue)]}
     )
-    producer = SimpleNamespace(buffer=SimpleNamespace(size=buffered, max_messages=100))
+    producer = SimpleNamespace(buffer=fake_buffer(buffered, threaded=False))
     app = SimpleNamespace(flow_control=flow, topics=conductor, producer=producer)
     return SimpleNamespace(app=app), tp
+
+
+def fake_buffer(pending: int, *, threaded: bool) -> Any:
+    """A fake of Faust's ProducerBuffer: ``pending`` sends queued where the app's
+    ``producer_threaded`` setting puts them (real asyncio queues)."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(pending):
+        queue.put_nowait(i)
+    if threaded:
+        return SimpleNamespace(queue=queue, pending=asyncio.Queue(), max_messages=100)
+    return SimpleNamespace(queue=None, pending=queue, max_messages=100)
 
 
 @pytest.mark.parametrize(
@@ -198,7 +209,28 @@ def test_a_record_is_delivered_directly_only_when_nothing_can_make_it_wait(
     state: dict[str, Any], direct: bool
 ) -> None:
     consumer, tp = fake_consumer(**state)
-    assert GuardedConsumer._delivers_now(consumer, tp) is direct
+    assert GuardedConsumer._delivers_now(consumer, tp, threaded=False) is direct
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_the_producer_backlog_is_what_faust_counts_as_the_buffer_size(threaded: bool) -> None:
+    from faust.transport.producer import ProducerBuffer
+
+    from nodemeter_stream.commit_guard import producer_backlog
+
+    buffer = ProducerBuffer()
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=threaded))
+    assert producer_backlog(buffer, threaded=threaded) == buffer.size == 0  # threaded: no queue yet
+    target = asyncio.Queue()
+    for i in range(3):
+        target.put_nowait(i)
+    if threaded:
+        buffer.queue = target
+    else:
+        buffer.pending = target
+    assert producer_backlog(buffer, threaded=threaded) == buffer.size == 3
+    # the fake used above counts as Faust does
+    assert producer_backlog(fake_buffer(7, threaded=threaded), threaded=threaded) == 7
 
 
 def test_the_raw_schema_hands_over_the_bytes_that_arrived() -> None:

@@ -5,28 +5,57 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from nodemeter_stream.metrics import WorkerMetrics
-from nodemeter_stream.sink.clickhouse import Block, ClickHouseSink, SinkStopped
+from nodemeter_stream.sink.clickhouse import Block, ClickHouseSink, SinkStopped, columns_of
 
 
-class FakeClient:
+class FakeTypes:
+    """A fake of clickhouse-connect's column-type lookup (``create_insert_context``): it
+    counts the lookups and names each column's type after the column."""
+
+    def __init__(self) -> None:
+        self.lookups: list[str] = []
+
+    def create_insert_context(self, table: str, column_names: list[str]) -> Any:
+        self.lookups.append(table)
+        return SimpleNamespace(column_types=[f"{table}.{c}" for c in column_names])
+
+
+def as_rows(data: list[Any], *, column_oriented: bool) -> list[list[Any]]:
+    return [list(r) for r in zip(*data, strict=True)] if column_oriented else data
+
+
+class FakeClient(FakeTypes):
     """Fails the first ``down_for`` inserts like an unreachable server, then records them."""
 
     def __init__(self, down_for: int) -> None:
+        super().__init__()
         self.down_for = down_for
         self.calls = 0
         self.inserted: list[tuple[str, list[Any], str]] = []
+        self.types: list[Any] = []
 
     def insert(
-        self, table: str, rows: list[Any], *, column_names: list[str], settings: dict[str, str]
+        self,
+        table: str,
+        data: list[Any],
+        *,
+        column_names: list[str],
+        column_types: list[Any],
+        column_oriented: bool,
+        settings: dict[str, str],
     ) -> None:
         self.calls += 1
         if self.calls <= self.down_for:
             raise ConnectionError("Connection refused")
+        assert len(column_types) == len(column_names)
+        self.types.append(column_types)
+        rows = as_rows(data, column_oriented=column_oriented)
         self.inserted.append((table, rows, settings["insert_deduplication_token"]))
 
     def close(self) -> None:
@@ -76,11 +105,12 @@ def test_write_blocks_while_clickhouse_is_down() -> None:
     assert client.calls > 5
 
 
-class FailsOnceStopped:
+class FailsOnceStopped(FakeTypes):
     """A fake client whose call is in flight when ``stop()`` comes, then fails (the
     connection refused), as a write does against a server that is down."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.entered = threading.Event()
         self.release = threading.Event()
 
@@ -136,7 +166,7 @@ def test_a_stalled_call_is_logged_and_shown_in_a_gauge(caplog: pytest.LogCapture
     read timeout), so the sink says so itself, and the gauge rises while it waits."""
     release = threading.Event()
 
-    class Stalls:
+    class Stalls(FakeTypes):
         def insert(self, table: str, rows: list[Any], **_: Any) -> None:
             release.wait(30)
 
@@ -172,3 +202,70 @@ def test_a_stalled_call_is_logged_and_shown_in_a_gauge(caplog: pytest.LogCapture
     assert during >= 0.25
     assert after == 0.0
     assert sink.blocks_written == 1  # the stalled call was waited for, not abandoned
+
+
+def test_column_types_are_read_once_per_table_and_columns() -> None:
+    client = FakeClient(down_for=0)
+    sink = ClickHouseSink(client_factory=lambda: client)
+
+    async def go() -> None:
+        for i in range(3):
+            await sink.write([
+                Block(table="t", columns=["a", "b"], rows=[[i, "x"], [i, "y"]], token=f"t{i}"),
+                Block(table="u", columns=["a"], rows=[[i]], token=f"u{i}"),
+            ])  # fmt: skip
+        await sink.write([Block(table="t", columns=["b"], rows=[["z"]], token="t/b")])
+        await sink.close()
+
+    asyncio.run(go())
+    assert client.lookups == ["t", "u", "t"]  # the third: other columns of t
+    assert client.types[0] == client.types[2] == ["t.a", "t.b"]
+    assert client.types[-1] == ["t.b"]
+    assert [rows for table, rows, _ in client.inserted if table == "t"][:3] == [
+        [[i, "x"], [i, "y"]] for i in range(3)
+    ]
+
+
+class RefusesStaleTypes(FakeTypes):
+    """A fake whose table changes a column's type after the first lookup (a migration
+    by a newer worker): an insert with the old types is refused as a value that does
+    not fit (``DataError``), one with the new types is stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = 1
+        self.inserted: list[list[Any]] = []
+
+    def create_insert_context(self, table: str, column_names: list[str]) -> Any:
+        self.lookups.append(table)
+        return SimpleNamespace(column_types=[f"v{self.version}"] * len(column_names))
+
+    def insert(self, table: str, data: list[Any], *, column_types: list[Any], **kw: Any) -> None:
+        if column_types[0] != f"v{self.version}":
+            raise type("DataError", (Exception,), {})("value does not fit its column")
+        self.inserted.extend(as_rows(data, column_oriented=kw["column_oriented"]))
+
+
+def test_types_a_migration_changed_are_read_again_and_nothing_is_rejected() -> None:
+    client = RefusesStaleTypes()
+    metrics = WorkerMetrics()
+    sink = ClickHouseSink(client_factory=lambda: client, metrics=metrics)
+
+    async def go() -> None:
+        await sink.write([Block(table="t", columns=["a"], rows=[[1]], token="1")])
+        client.version = 2
+        await sink.write([Block(table="t", columns=["a"], rows=[[2], [3]], token="2")])
+        await sink.close()
+
+    asyncio.run(go())
+    assert client.inserted == [[1], [2], [3]]
+    assert client.lookups == ["t", "t"]
+    assert metrics.registry.get_sample_value(
+        "nodemeter_sink_rejected_rows_total", {"table": "t"}
+    ) in (None, 0.0)
+
+
+def test_columns_of_transposes_and_refuses_ragged_rows() -> None:
+    assert columns_of([[1, "a"], [2, "b"]]) == [(1, 2), ("a", "b")]
+    with pytest.raises(ValueError):
+        columns_of([[1, "a"], [2]])

@@ -99,6 +99,11 @@ def permanent(exc: BaseException) -> bool:
     return m is not None and int(m.group(1)) in PERMANENT_CODES
 
 
+def columns_of(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """The rows as columns (pure); every row must have the same length."""
+    return list(zip(*rows, strict=True))
+
+
 def rejected_row(block: Block, row: Sequence[Any], exc: BaseException) -> list[Any]:
     """The dead_letters row for one row ClickHouse refused (pure)."""
     cols = dict(zip(block.columns, row, strict=False))
@@ -144,6 +149,8 @@ class ClickHouseSink:
         self.metrics = metrics
         self._executor = CallThread("clickhouse")
         self._client: Any = None
+        # (table, columns) -> the column types clickhouse-connect read for them
+        self._column_types: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._stopping = False
         self._stop_event = asyncio.Event()
         self.blocks_written = 0
@@ -226,10 +233,34 @@ class ClickHouseSink:
 
     def _insert_now(self, block: Block) -> None:
         client = self._client_or_connect()
+        key = (block.table, tuple(block.columns))
+        cached = self._column_types.get(key)
+        try:
+            self._insert_with(client, block, key, cached)
+        except Exception as exc:
+            if cached is None or not permanent(exc):
+                raise
+            # A value that does not fit may be a column whose type a migration changed
+            # since the types were read: read them again, and try once more with them.
+            self._column_types.pop(key, None)
+            self._insert_with(client, block, key, None)
+
+    def _insert_with(
+        self, client: Any, block: Block, key: tuple[str, tuple[str, ...]], types: Any
+    ) -> None:
+        """One insert, column-oriented, with the table's column types read once per
+        table (clickhouse-connect would otherwise ask the server for them on every
+        insert, and copy and pivot the rows in Python, holding the GIL)."""
+        names = list(block.columns)
+        if types is None:
+            types = client.create_insert_context(block.table, names).column_types
+            self._column_types[key] = types
         client.insert(
             block.table,
-            [list(r) for r in block.rows],
-            column_names=list(block.columns),
+            columns_of(block.rows),
+            column_names=names,
+            column_types=types,
+            column_oriented=True,
             settings={**INSERT_SETTINGS, "insert_deduplication_token": block.token},
         )
 
